@@ -1,0 +1,35 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv when missing.
+PY      := .venv/bin/python
+SGTOOL  := .venv/bin/sgtool
+STAMP   := .venv/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned through the constraints file: the local CPU build, not gigabytes of CUDA.
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# torchattacks is only a cross-check in the tests; its own deps would pull torchvision.
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(SGTOOL) sweep experiments.yaml --only demo
+	$(SGTOOL) report --format html --out reports/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check sgtool tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/mask_eval_speed.py
+	$(PY) benchmarks/attack_speed.py
+
+clean:
+	rm -rf .venv runs reports .pytest_cache

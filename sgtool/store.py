@@ -1,0 +1,252 @@
+"""The run store: one directory per training config, named by the config's hash.
+
+    runs/<hash12>/
+      config.yaml          the resolved config
+      run.json             status (running|completed|failed|interrupted), times, versions, host
+      metrics.csv          one row per epoch
+      model.safetensors    final weights
+      checkpoint.safetensors + checkpoint.json   last finished epoch: model, optimiser, RNG
+      lock                 held (flock) while a process trains this run
+      mask_eval/ attack/   evaluations, each cached by the hash of its own config
+
+Every file is written atomically (temp file in the same dir, then os.replace), so a kill
+leaves either the old file or the new one, never half of one. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import SgtoolError
+
+CONFIG, RUN, METRICS, MODEL = "config.yaml", "run.json", "metrics.csv", "model.safetensors"
+CKPT, CKPT_META, LOCK = "checkpoint.safetensors", "checkpoint.json", "lock"
+
+
+def runs_root(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("SGTOOL_RUNS_DIR", "./runs"))
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_yaml(path: Path, obj) -> None:
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Tidy rows (list of dicts with the same keys) -> CSV, atomically."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return st_load(Path(path).read_bytes())
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, before any work, if the runs dir cannot be created or written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".probe.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise SgtoolError(f"cannot write runs dir {root}: {e.strerror or e}; pass --runs-dir DIR") from None
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """An exclusive, non-blocking flock: a second process training the same run fails at once.
+    The kernel drops the lock when the process dies, so a kill never leaves a stale lock."""
+    f = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SgtoolError(f"run {run_dir.name} is being trained by another process (lock held)") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+# --------------------------------------------------------------------------- runs
+
+def read_run(run_dir: Path) -> dict:
+    """run.json merged with config.yaml as {"id", "dir", "status", ..., "config": {...}}.
+    Raises SgtoolError when the directory is half-written or corrupt."""
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / RUN).read_text())
+        cfg = yaml.safe_load((run_dir / CONFIG).read_text())
+        if not isinstance(info, dict) or not isinstance(cfg, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise SgtoolError(f"run {run_dir.name} is corrupt or half-written: {e}") from None
+    if info.get("status") == "running" and not lock_held(run_dir):
+        info["status"] = "interrupted"  # killed hard (SIGKILL): nobody holds its lock any more
+    return {**info, "id": run_dir.name, "dir": run_dir, "config": cfg}
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether some process holds the run's training lock right now."""
+    try:
+        with open(run_dir / LOCK, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / METRICS
+    return read_csv(p) if p.is_file() else []
+
+
+def list_runs(root: Path) -> tuple[list[dict], list[str]]:
+    """Every run under root, and one warning per directory that could not be read."""
+    runs, warnings = [], []
+    if not root.is_dir():
+        return runs, warnings
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            runs.append(read_run(d))
+        except SgtoolError as e:
+            warnings.append(str(e))
+    return runs, warnings
+
+
+def find_run(root: Path, prefix: str, require_completed: bool = True) -> dict:
+    """The run whose id starts with `prefix`; errors for missing, ambiguous or unfinished."""
+    if not root.is_dir():
+        raise SgtoolError(f"no runs dir {root}; train first or pass --runs-dir DIR")
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+    if not prefix or not matches:
+        raise SgtoolError(f"no run '{prefix}' in {root}; see `sgtool runs --runs-dir {root}`")
+    if len(matches) > 1:
+        raise SgtoolError(f"run prefix '{prefix}' is ambiguous: {', '.join(m.name for m in matches)}")
+    run = read_run(matches[0])
+    if require_completed and run.get("status") != "completed":
+        raise SgtoolError(f"run {run['id']} is not completed (status: {run.get('status')}); train it first")
+    return run
+
+
+def select_runs(root: Path, ids: list[str] | None, train_flags: dict | None = None,
+                config_yaml: str | None = None) -> list[dict]:
+    """Runs named by id prefixes, or, when none are given, the run of the training config
+    that the training flags describe (as the authors' scripts did)."""
+    from .config import config_hash, make_config
+
+    if ids:
+        return [find_run(root, i) for i in ids]
+    flags = {k: v for k, v in (train_flags or {}).items() if v is not None}
+    if not flags and not config_yaml:
+        raise SgtoolError("name a run id, or give the training flags (e.g. --dataset mnist --mask-frac 0.5)")
+    cfg = make_config(config_yaml, **flags)
+    rid = config_hash(cfg)
+    if not (root / rid).is_dir():
+        raise SgtoolError(f"no run for that training config (id {rid}) in {root}; train it first")
+    return [find_run(root, rid)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, epoch: int, rng: dict[str, torch.Tensor]) -> None:
+    """Model, optimiser and RNG state as tensors, and everything else (epoch, scheduler,
+    optimiser hyper-parameters) as JSON in the same safetensors file's metadata, so one atomic
+    write carries a consistent checkpoint. checkpoint.json is a readable copy of that JSON."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    osd = optimizer.state_dict()
+    scalars = {}
+    for idx, st in osd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{name}"] = val
+            else:
+                scalars[f"{idx}.{name}"] = val
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    meta = {
+        "epoch": epoch, "param_groups": osd["param_groups"], "optim_scalars": scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    save_tensors(run_dir / CKPT, tensors, metadata={"meta": json.dumps(meta)})
+    write_json(run_dir / CKPT_META, meta)
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """Restore a checkpoint in place. Returns (last finished epoch, rng tensors) or None."""
+    if not (run_dir / CKPT).is_file():
+        return None
+    try:
+        with safe_open(str(run_dir / CKPT), framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint means: start over, not crash
+        return None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for k, v in meta["optim_scalars"].items():
+        idx, name = k.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if scheduler is not None and meta.get("scheduler"):
+        scheduler.load_state_dict(meta["scheduler"])
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return int(meta["epoch"]), rng

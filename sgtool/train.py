@@ -1,0 +1,244 @@
+"""One visible training loop; the trainers (standard, sgt, asgt) are loss functions plugged in.
+
+A loss function is fn(model, x, y, cfg, k) -> (loss, clean_logits, parts), where x is a batch
+(B, C, H, W) in pixel space, k the number of positions to mask, and parts a dict of floats
+(ce, kl) logged per epoch. The model is in train mode when it is called.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .config import TrainConfig, config_hash, mask_k, to_dict
+from .data import get_dataset, load
+from .errors import SgtoolError
+from .models import build
+from .saliency import input_gradient, mask_lowest, position_score
+from .store import (
+    CKPT, CKPT_META, METRICS, MODEL, RUN, CONFIG, check_writable, load_checkpoint, read_metrics,
+    run_lock, runs_root, save_checkpoint, save_tensors, write_csv, write_json, write_yaml,
+)
+
+# --------------------------------------------------------------------------- losses
+
+
+def kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) from logits, batchmean: sum_c p (log p - log q), averaged over the batch."""
+    return F.kl_div(F.log_softmax(logits_q, 1), F.log_softmax(logits_p, 1), reduction="batchmean", log_target=True)
+
+
+def standard_loss(model, x, y, cfg: TrainConfig, k: int):
+    logits = model(x)
+    ce = F.cross_entropy(logits, y)
+    return ce, logits, {"ce": ce.item(), "kl": 0.0}
+
+
+def sgt_loss(model, x, y, cfg: TrainConfig, k: int):
+    """Algorithm 1 of Ismail et al. 2021: CE(f(X), y) + λ·KL(p(X) || p(X~)).
+
+    X~ is X with the k lowest-saliency positions (input gradient of log p(y|x), averaged over
+    channels) replaced in every channel. The clean branch is not detached.
+    saliency_pass="eval": the authors' scheme, a separate eval-mode pass (dropout off).
+    saliency_pass="shared": the gradient is taken from the training forward pass itself,
+    saving one forward pass; dropout is then active in the saliency.
+    """
+    if cfg.saliency_pass == "eval":
+        model.eval()
+        g = input_gradient(model, x, y)  # (B, C, H, W)
+        model.train()
+        logits = model(x)
+    else:
+        xr = x.detach().requires_grad_(True)
+        logits = model(xr)
+        sel = F.log_softmax(logits, 1).gather(1, y[:, None]).sum()
+        (g,) = torch.autograd.grad(sel, xr, retain_graph=True)
+    x_masked = mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+    logits_masked = model(x_masked)
+    ce = F.cross_entropy(logits, y)
+    div = kl(logits, logits_masked)
+    return ce + cfg.kl_weight * div, logits, {"ce": ce.item(), "kl": div.item()}
+
+
+def asgt_loss(model, x, y, cfg: TrainConfig, k: int):
+    """Adversarial SGT (Guesmi et al. 2024, Algorithm 2): implemented with the attacks."""
+    raise SgtoolError("the asgt trainer is not available yet")
+
+
+LOSSES = {"standard": standard_loss, "sgt": sgt_loss, "asgt": asgt_loss}
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SgtoolError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    """adadelta: the authors' MNIST choice, StepLR gamma 0.7 per epoch (PyTorch's MNIST example);
+    sgd: momentum 0.9, weight decay 5e-4, cosine schedule over the epochs; adam: constant lr."""
+    params = model.parameters()
+    if cfg.optimizer == "adadelta":
+        opt = torch.optim.Adadelta(params, lr=cfg.lr)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.Adam(params, lr=cfg.lr), None
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> float:
+    """Top-1 accuracy of model (eval mode) on tensors x (N, C, H, W), y (N,)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == y[i : i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / max(len(x), 1)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch): a run resumed at an epoch boundary
+    draws exactly what the uninterrupted run drew."""
+    return seed * 1_000_003 + epoch
+
+
+def _meta(status: str, started: str, wall: float, **extra) -> dict:
+    return {
+        "status": status, "started": started, "updated": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": round(wall, 3), "sgtool_version": __version__, "torch_version": torch.__version__,
+        "host": socket.gethostname(), "python": platform.python_version(), **extra,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
+    """Train the run of `cfg` (or resume it), storing everything under runs/<hash12>/.
+
+    Returns {"id", "dir", "status", "test_acc", "already"}. `on_progress(**info)` is called
+    after every step with epoch, epochs, step, steps, loss and acc, so the CLI can draw a bar.
+    """
+    root = runs_root(cfg.runs_dir)
+    rid = config_hash(cfg)
+    run_dir = root / rid
+    if not force and (run_dir / RUN).is_file():
+        try:
+            import json
+
+            status = json.loads((run_dir / RUN).read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status == "completed":
+            rows = read_metrics(run_dir)
+            acc = float(rows[-1]["test_acc"]) if rows else float("nan")
+            return {"id": rid, "dir": run_dir, "status": "completed", "test_acc": acc, "already": True}
+
+    # Everything that can fail on bad input happens before the run dir is touched.
+    check_writable(root)
+    device = pick_device(cfg.device)
+    data = load(cfg.dataset, cfg.data_dir, cfg.train_size, cfg.test_size)
+    spec = get_dataset(cfg.dataset)
+    k = mask_k(cfg.mask_frac, spec.shape)
+    loss_fn = LOSSES[cfg.trainer]
+
+    run_dir.mkdir(exist_ok=True)
+    with run_lock(run_dir):
+        started = datetime.now(timezone.utc).isoformat()
+        t_start = time.time()
+        if force:
+            for name in (CKPT, CKPT_META, METRICS, MODEL):
+                (run_dir / name).unlink(missing_ok=True)
+        write_yaml(run_dir / CONFIG, to_dict(cfg))
+        write_json(run_dir / RUN, _meta("running", started, 0.0, id=rid))
+
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.model, cfg.dataset).to(device)
+        opt, sched = make_optimizer(cfg, model)
+        rows, start = [], 1
+        ckpt = load_checkpoint(run_dir, model, opt, sched)
+        if ckpt is not None:
+            last, rng = ckpt
+            # Rows past the checkpoint belong to an epoch whose checkpoint was never written.
+            rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last]
+            start = last + 1
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+
+        xtr, ytr = data.x_train, data.y_train
+        n, bs = len(xtr), cfg.batch_size
+        steps = (n + bs - 1) // bs
+        try:
+            for epoch in range(start, cfg.epochs + 1):
+                t0 = time.time()
+                torch.manual_seed(epoch_seed(cfg.seed, epoch))
+                perm = torch.randperm(n)
+                model.train()
+                tot = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0}
+                for step in range(steps):
+                    idx = perm[step * bs : (step + 1) * bs]
+                    x, y = xtr[idx].to(device), ytr[idx].to(device)
+                    loss, logits, parts = loss_fn(model, x, y, cfg, k)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    b = len(idx)
+                    tot["loss"] += loss.item() * b
+                    tot["ce"] += parts["ce"] * b
+                    tot["kl"] += parts["kl"] * b
+                    tot["correct"] += (logits.argmax(1) == y).sum().item()
+                    if on_progress:
+                        seen = min((step + 1) * bs, n)
+                        on_progress(epoch=epoch, epochs=cfg.epochs, step=step + 1, steps=steps,
+                                    loss=tot["loss"] / seen, acc=tot["correct"] / seen)
+                if sched is not None:
+                    sched.step()
+                test_acc = accuracy(model, data.x_test, data.y_test, device=device)
+                rows.append({
+                    "epoch": epoch, "train_loss": round(tot["loss"] / n, 6), "train_ce": round(tot["ce"] / n, 6),
+                    "train_kl": round(tot["kl"] / n, 6), "train_acc": round(tot["correct"] / n, 6),
+                    "test_acc": round(test_acc, 6), "seconds": round(time.time() - t0, 3),
+                })
+                write_csv(run_dir / METRICS, rows)
+                save_checkpoint(run_dir, model, opt, sched, epoch, {"cpu": torch.get_rng_state()})
+                write_json(run_dir / RUN, _meta("running", started, time.time() - t_start, id=rid, epoch=epoch))
+        except KeyboardInterrupt:
+            write_json(run_dir / RUN, _meta("interrupted", started, time.time() - t_start, id=rid,
+                                            epoch=len(rows)))
+            raise
+        except BaseException as e:
+            write_json(run_dir / RUN, _meta("failed", started, time.time() - t_start, id=rid,
+                                            error=f"{type(e).__name__}: {e}"))
+            raise
+        save_tensors(run_dir / MODEL, model.state_dict())
+        test_acc = float(rows[-1]["test_acc"])
+        write_json(run_dir / RUN, _meta("completed", started, time.time() - t_start, id=rid, epoch=cfg.epochs,
+                                        test_acc=test_acc))
+    return {"id": rid, "dir": run_dir, "status": "completed", "test_acc": test_acc, "already": False}
+
+
+def load_model(run: dict, device: str | torch.device = "cpu"):
+    """A stored run's model (from store.read_run/find_run), in eval mode, on device."""
+    from .config import from_dict
+    from .store import load_tensors
+
+    cfg = from_dict(run["config"])
+    model = build(cfg.model, cfg.dataset)
+    model.load_state_dict(load_tensors(run["dir"] / MODEL))
+    return model.to(device).eval(), cfg
