@@ -8,11 +8,18 @@ import functools
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .errors import SgtoolError
@@ -47,29 +54,29 @@ def progress_bar() -> Progress:
 
 
 # Training flags, shared by `train` and by the commands that find a run from its config.
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="synthetic | mnist | fashion-mnist | cifar10 [synthetic]")]
-Model = Annotated[Optional[str], typer.Option("--model", help="mnist-cnn | small-cnn | mlp | resnet20 | resnet18 [per dataset]")]
-Trainer = Annotated[Optional[str], typer.Option("--trainer", help="standard | sgt | asgt [sgt]")]
-MaskFrac = Annotated[Optional[float], typer.Option("--mask-frac", help="share of positions SGT masks [0.5]")]
-KlWeight = Annotated[Optional[float], typer.Option("--kl-weight", help="λ, weight of the KL term [1.0]")]
-MaskFill = Annotated[Optional[str], typer.Option("--mask-fill", help="random | mean | zero [random]")]
-SalSign = Annotated[Optional[str], typer.Option("--saliency-sign", help="abs | signed [abs]")]
-SalPass = Annotated[Optional[str], typer.Option("--saliency-pass", help="eval | shared [eval]")]
-AdvAttack = Annotated[Optional[str], typer.Option("--adv-attack", help="asgt: pgd | fgsm [pgd]")]
-AdvEps = Annotated[Optional[float], typer.Option("--adv-eps", help="asgt: attack eps [per dataset]")]
-AdvSteps = Annotated[Optional[int], typer.Option("--adv-steps", help="asgt: attack steps [per dataset]")]
-AdvStep = Annotated[Optional[float], typer.Option("--adv-step-size", help="asgt: attack step size [per dataset]")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="[per dataset]")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="[per dataset]")]
-Lr = Annotated[Optional[float], typer.Option("--lr", help="[per dataset]")]
-Optim = Annotated[Optional[str], typer.Option("--optimizer", help="adadelta | sgd | adam [per dataset]")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="[0]")]
-TrainSize = Annotated[Optional[int], typer.Option("--train-size", help="use the first N training samples")]
-TestSize = Annotated[Optional[int], typer.Option("--test-size", help="use the first N test samples")]
-DataDir = Annotated[Optional[str], typer.Option("--data-dir", envvar="SGTOOL_DATA_DIR", help="where datasets live [./data]")]
-RunsDir = Annotated[Optional[str], typer.Option("--runs-dir", envvar="SGTOOL_RUNS_DIR", help="where runs live [./runs]")]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda [auto]")]
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys; flags win")]
+Dataset = Annotated[str | None, typer.Option("--dataset", help="synthetic | mnist | fashion-mnist | cifar10 [synthetic]")]
+Model = Annotated[str | None, typer.Option("--model", help="mnist-cnn | small-cnn | mlp | resnet20 | resnet18 [per dataset]")]
+Trainer = Annotated[str | None, typer.Option("--trainer", help="standard | sgt | asgt [sgt]")]
+MaskFrac = Annotated[float | None, typer.Option("--mask-frac", help="share of positions SGT masks [0.5]")]
+KlWeight = Annotated[float | None, typer.Option("--kl-weight", help="λ, weight of the KL term [1.0]")]
+MaskFill = Annotated[str | None, typer.Option("--mask-fill", help="random | mean | zero [random]")]
+SalSign = Annotated[str | None, typer.Option("--saliency-sign", help="abs | signed [abs]")]
+SalPass = Annotated[str | None, typer.Option("--saliency-pass", help="eval | shared [eval]")]
+AdvAttack = Annotated[str | None, typer.Option("--adv-attack", help="asgt: pgd | fgsm [pgd]")]
+AdvEps = Annotated[float | None, typer.Option("--adv-eps", help="asgt: attack eps [per dataset]")]
+AdvSteps = Annotated[int | None, typer.Option("--adv-steps", help="asgt: attack steps [per dataset]")]
+AdvStep = Annotated[float | None, typer.Option("--adv-step-size", help="asgt: attack step size [per dataset]")]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="[per dataset]")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="[per dataset]")]
+Lr = Annotated[float | None, typer.Option("--lr", help="[per dataset]")]
+Optim = Annotated[str | None, typer.Option("--optimizer", help="adadelta | sgd | adam [per dataset]")]
+Seed = Annotated[int | None, typer.Option("--seed", help="[0]")]
+TrainSize = Annotated[int | None, typer.Option("--train-size", help="use the first N training samples")]
+TestSize = Annotated[int | None, typer.Option("--test-size", help="use the first N test samples")]
+DataDir = Annotated[str | None, typer.Option("--data-dir", envvar="SGTOOL_DATA_DIR", help="where datasets live [./data]")]
+RunsDir = Annotated[str | None, typer.Option("--runs-dir", envvar="SGTOOL_RUNS_DIR", help="where runs live [./runs]")]
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda [auto]")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file with the same keys; flags win")]
 
 
 def train_flags(**kw) -> dict:

@@ -210,3 +210,18 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 def from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**normalise_keys(d, "config"))
+
+
+# === evaluation configs ===
+# Each evaluation is cached under its run by the hash of its own config (eval_hash), just
+# like training runs. Fields that do not change results (device) are left out of the hash.
+
+# --- MaskEvalConfig (issue 3) ---
+
+# --- AttackConfig (issue 4) ---
+
+
+def eval_hash(cfg, run_id: str) -> str:
+    """12 hex digits over the run id and the evaluation config's result-changing fields."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
+    return canonical_hash({"run": run_id, "kind": type(cfg).__name__, **d})[:12]

@@ -10,6 +10,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# --------------------------------------------------------------------------- SALIENCY registry
+# name -> fn(model, x, target) -> attribution shaped like x (B, C, H, W). Captum's contract.
+# The per-position score used everywhere is position_score(attr): |attr| averaged over channels.
+
+
+def grad_saliency(model, x, target):
+    """Plain input gradient of the target logit (Captum Saliency, abs=False)."""
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(x, target=target, abs=False)
+
+
+def random_saliency(model, x, target, seed: int = 0):
+    """A seeded baseline: uniform noise, independent of the model."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape, generator=g).to(x.device)
+
+
+SALIENCY = {
+    "grad": grad_saliency,
+    "random": random_saliency,
+}
+
+
+def get_saliency(name: str):
+    from .errors import unknown_name
+
+    if name not in SALIENCY:
+        raise unknown_name("saliency method", name, SALIENCY)
+    return SALIENCY[name]
+
+
 # --------------------------------------------------------------------------- gradients
 
 

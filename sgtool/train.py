@@ -22,8 +22,22 @@ from .errors import SgtoolError
 from .models import build
 from .saliency import input_gradient, mask_lowest, position_score
 from .store import (
-    CKPT, CKPT_META, METRICS, MODEL, RUN, CONFIG, check_writable, load_checkpoint, read_metrics,
-    run_lock, runs_root, save_checkpoint, save_tensors, write_csv, write_json, write_yaml,
+    CKPT,
+    CKPT_META,
+    CONFIG,
+    METRICS,
+    MODEL,
+    RUN,
+    check_writable,
+    load_checkpoint,
+    read_metrics,
+    run_lock,
+    runs_root,
+    save_checkpoint,
+    save_tensors,
+    write_csv,
+    write_json,
+    write_yaml,
 )
 
 # --------------------------------------------------------------------------- losses
