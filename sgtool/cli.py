@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from .errors import SgtoolError
 
@@ -133,7 +133,9 @@ def runs(runs_dir: RunsDir = None):
     if not found:
         console.print(f"no runs in {root}")
         return
-    t = Table("id", "dataset", "model", "trainer", "mask-frac", "epochs", "test acc", "status")
+    t = Table("dataset", "model", "trainer", "mask-frac", "epochs", "test acc")
+    t.columns.insert(0, Column("id", no_wrap=True, min_width=12))
+    t.add_column("status", no_wrap=True, min_width=11)
     for r in found:
         c = r["config"]
         rows = read_metrics(r["dir"])
@@ -146,16 +148,226 @@ def runs(runs_dir: RunsDir = None):
 
 # --- mask-eval command (issue 3) ---
 
+
+@app.command("mask-eval")
+@handle_errors
+def mask_eval_cmd(
+    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (unique prefixes); or select one run by its training flags")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="comma-separated: grad, smoothgrad, ig, deeplift, gradshap, deepliftshap, inputxgrad, guided-backprop, occlusion, random \\[grad,smoothgrad,ig,deeplift,gradshap,deepliftshap,random]")] = None,
+    fractions: Annotated[str | None, typer.Option("--fractions", help="comma-separated shares of positions removed, in [0, 1) \\[0,0.1,...,0.9]")] = None,
+    order: Annotated[str | None, typer.Option("--order", help="morf: most salient first | lerf: least salient first \\[morf]")] = None,
+    fill: Annotated[str | None, typer.Option("--fill", help="background | mean | zero | random | blur \\[background]")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="the class explained: label | predicted \\[label]")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="ig baseline: zero | random \\[zero]")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="evaluate the first N test samples \\[all]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="evaluation batch size \\[250]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of the fill, the random baseline and the methods' noise \\[0]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="evaluate again even if cached")] = False,
+    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
+    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
+    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
+    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None, lr: Lr = None,
+    optimizer: Optim = None, train_size: TrainSize = None, test_size: TestSize = None,
+    train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="select the run trained with this --batch-size")] = None,
+    train_seed: Annotated[int | None, typer.Option("--train-seed", help="select the run trained with this --seed")] = None,
+    config: ConfigFile = None, data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+):
+    """Accuracy drop as each run's most salient features are removed, per saliency method; deletion
+    and insertion AUC; saliency precision and recall against ground truth where the data has it."""
+    from .config import mask_eval_config
+    from .evaluate import mask_eval
+    from .store import runs_root, select_runs
+
+    flags = train_flags(dataset=dataset, model=model, trainer=trainer, mask_frac=mask_frac, kl_weight=kl_weight,
+                        mask_fill=mask_fill, saliency_sign=saliency_sign, saliency_pass=saliency_pass,
+                        adv_attack=adv_attack, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size,
+                        epochs=epochs, lr=lr, optimizer=optimizer, train_size=train_size, test_size=test_size,
+                        batch_size=train_batch_size, seed=train_seed)
+    cfg = mask_eval_config(methods=method, fractions=fractions, order=order, fill=fill, target=target,
+                           baseline=baseline, limit=limit, batch_size=batch_size, seed=seed,
+                           data_dir=data_dir, device=device)
+    for run in select_runs(runs_root(runs_dir), run_ids, flags, config):
+        with progress_bar() as bar:
+            task = bar.add_task(f"mask-eval {run['id']}", total=None, info="")
+
+            def show(method, done, total, task=task):
+                bar.update(task, completed=done, total=total, info=method)
+
+            res = mask_eval(run, cfg, force=force, on_progress=show)
+        print_mask_eval(run, res, cfg)
+
+
+def print_mask_eval(run: dict, res: dict, cfg) -> None:
+    """A header line, then two rich tables: accuracy per fraction, and the summary metrics."""
+    c = run["config"]
+    n = res["rows"][0]["n"] if res["rows"] else 0
+    console.print(f"run [bold]{run['id']}[/bold] ({c.get('dataset')} / {c.get('model')} / {c.get('trainer')}): "
+                  f"clean accuracy {res['clean_accuracy']:.4f}, n {n}, order {cfg.order}, fill {cfg.fill}"
+                  f"{' (cached)' if res['cached'] else ''}", highlight=False)
+    acc = Table("method", *[f"{f:g}" for f in cfg.fractions], title="accuracy, share of features removed",
+                title_justify="left")
+    for m in cfg.methods:
+        acc.add_row(m, *[f"{r['accuracy']:.4f}" for r in res["rows"] if r["method"] == m])
+    console.print(acc)
+    cols = ["auc", "auc_vs_random", "deletion_auc", "insertion_auc", "aup", "aur", "precision_at_gt"]
+    cols = [k for k in cols if any(s[k] is not None for s in res["summary"])]
+    t = Table("method", *cols, title="summary", title_justify="left")
+    for s in res["summary"]:
+        t.add_row(s["method"], *[f"{s[k]:+.4f}" if k == "auc_vs_random" else f"{s[k]:.4f}" for k in cols])
+    console.print(t)
+    console.print(f"written: {res['path'].with_suffix('')}.csv, .summary.csv, .json", highlight=False)
+
+
 # --- attack command (issue 4) ---
 
 # --- explain command (issue 5) ---
 
+
+def parse_list(text: str | None, flag: str, cast=str) -> list | None:
+    """'a,b,c' -> ['a', 'b', 'c'] (cast each); one line naming the flag when a value is bad."""
+    from .errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return [cast(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} expects a comma-separated list, got '{text}'") from None
+
+
+@app.command()
+@handle_errors
+def explain(
+    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (prefixes); or select one run by its training flags")] = None,
+    method: Annotated[str, typer.Option("--method", help="saliency methods, comma-separated")] = "grad",
+    n: Annotated[int, typer.Option("--n", help="number of test samples (the first N)")] = 8,
+    index: Annotated[str | None, typer.Option("--index", help="test sample indices I,J,... instead of --n")] = None,
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write; the raw maps go next to it (.safetensors)")] = Path("explain.png"),
+    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
+    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
+    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
+    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None,
+    batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
+    train_size: TrainSize = None, test_size: TestSize = None, config: ConfigFile = None,
+    data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+):
+    """Saliency maps of runs side by side: one row per sample, one column per (run, method)."""
+    flags = {k: v for k, v in locals().items()
+             if k not in ("run_ids", "method", "n", "index", "out", "config", "data_dir", "runs_dir", "device")}
+    from .report import explain as explain_maps
+    from .store import runs_root, select_runs
+
+    methods = parse_list(method, "--method")
+    indices = parse_list(index, "--index", int)
+    runs = select_runs(runs_root(runs_dir), run_ids, train_flags(**flags), config)
+    with err_console.status(f"saliency of {len(runs)} run(s) x {len(methods)} method(s)"):
+        res = explain_maps(runs, methods, n=n, indices=indices, out=out, data_dir=data_dir, device=device or "auto")
+    w, h = res["size"]
+    console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px) and the raw maps {res['maps']}", highlight=False)
+
 # --- report and sweep commands (issue 5) ---
+
+
+def print_frame(df, title: str | None = None, caption: str | None = None) -> None:
+    """A DataFrame of display strings as a rich table."""
+    t = Table(*[str(c) for c in df.columns], title=title, caption=caption or None, title_justify="left",
+              caption_justify="left", title_style="bold")
+    for row in df.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    console.print(t)
+
+
+@app.command()
+@handle_errors
+def report(
+    runs_dir: RunsDir = None,
+    format: Annotated[str, typer.Option("--format", help="table | md | csv | latex | html")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", help="directory for the report files and plots [html: ./reports]")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", help="key=value on the training config, repeatable")] = None,
+):
+    """Tables and plots of every run and its evaluations; seeds grouped as mean ± std (n)."""
+    from .report import collect, write_report
+    from .store import runs_root
+
+    root = runs_root(runs_dir)
+    rep = collect(root, where)
+    for w in rep.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if rep.empty:
+        raise SgtoolError(rep.empty_message(where))
+    res = write_report(rep, format, out)
+    if format == "table":
+        for title, (df, caption) in res["tables"].items():
+            print_frame(df, title, caption)
+    elif res["text"] is not None:
+        typer.echo(res["text"], nl=False)
+    if res.get("report"):
+        console.print(f"report: [bold]{res['report']}[/bold]", highlight=False)
+    elif res["files"]:
+        console.print(f"wrote {len(res['files'])} files to [bold]{res['files'][0].parent}[/bold]", highlight=False)
+
+
+def print_rows(rows: list[dict], title: str) -> None:
+    """Summary rows (dicts with the same keys) as a rich table; floats to 4 digits, None as '-'.
+    Columns with one value in every row move into the caption, to fit narrow terminals."""
+    show = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    const = [k for k in rows[0] if len(rows) > 1 and len({show(r[k]) for r in rows}) == 1]
+    keys = [k for k in rows[0] if k not in const]
+    t = Table(*[k.replace("_", "-") for k in keys], title=title, title_justify="left", title_style="bold",
+              caption=" · ".join(f"{k.replace('_', '-')} {show(rows[0][k])}" for k in const) or None,
+              caption_justify="left")
+    for r in rows:
+        t.add_row(*[show(r[k]) for k in keys])
+    console.print(t)
+
+
+@app.command()
+@handle_errors
+def sweep(
+    path: Annotated[str, typer.Argument(metavar="EXPERIMENTS.yaml", help="the experiments file")],
+    only: Annotated[str | None, typer.Option("--only", help="run only these experiments, comma-separated")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and what is cached; run nothing")] = False,
+    runs_dir: RunsDir = None, data_dir: DataDir = None, device: Device = None,
+):
+    """Run experiments: every cell of each grid through train -> mask-eval -> attack -> explain, cached and resumable."""
+    from .sweep import plan, run_sweep
+
+    kw = dict(only=only, runs_dir=runs_dir, data_dir=data_dir, device=device)
+    plan(path, **kw)  # a mistake in the file is reported before the progress display starts
+    if dry_run:
+        rows = run_sweep(path, dry_run=True, **kw)
+        print_rows(rows, f"{len(rows)} cells (dry run: nothing was run)")
+        return
+    with progress_bar() as bar:
+        overall = bar.add_task("sweep", total=None, info="")
+        stage = bar.add_task("", total=None, info="", visible=False)
+
+        def show(event, **e):
+            if event == "plan":
+                bar.update(overall, total=e["steps"], info=f"{e['cells']} cells")
+            elif event == "stage":
+                bar.update(overall, completed=e["step"] - 1, description=f"{e['experiment']} {e['cell']}/{e['cells']}",
+                           info=f"{e['stage'].replace('_', '-')} {e['run']}")
+                bar.reset(stage, total=None, description=f"  {e['stage'].replace('_', '-')}", info="", visible=True)
+            elif event == "inner":
+                bar.update(stage, completed=e["completed"], total=e["total"], info=e["info"])
+
+        rows = run_sweep(path, on_progress=show, **kw)
+        bar.update(overall, completed=bar.tasks[overall].total, info="done")
+        bar.update(stage, visible=False)
+    print_rows(rows, f"sweep: {len(rows)} cells")
+    from .store import runs_root
+
+    console.print(f"tables and plots: sgtool report --runs-dir {runs_root(runs_dir)} --format html", highlight=False)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main():
     # `kill` (SIGTERM) is treated like Ctrl-C: the run is saved and marked interrupted.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _sigterm)
     app(prog_name="sgtool")
 
 

@@ -218,7 +218,181 @@ def from_dict(d: dict) -> TrainConfig:
 
 # --- MaskEvalConfig (issue 3) ---
 
+MASK_EVAL_METHODS = ("grad", "smoothgrad", "ig", "deeplift", "gradshap", "deepliftshap", "random")
+MASK_EVAL_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MASK_ORDERS = ("morf", "lerf")
+MASK_EVAL_FILLS = ("background", "mean", "zero", "random", "blur")
+MASK_TARGETS = ("label", "predicted")
+IG_BASELINES = ("zero", "random")
+
+
+@dataclass(frozen=True)
+class MaskEvalConfig:
+    methods: tuple[str, ...] = MASK_EVAL_METHODS
+    fractions: tuple[float, ...] = MASK_EVAL_FRACTIONS
+    order: str = "morf"  # most salient removed first; "lerf": least salient first
+    fill: str = "background"  # background | mean | zero | random | blur
+    target: str = "label"  # label | predicted
+    baseline: str = "zero"  # ig baseline: zero | random
+    limit: int | None = None  # first N test samples
+    batch_size: int = 250
+    seed: int = 0
+    data_dir: str | None = None  # not hashed
+    device: str = "auto"  # not hashed
+
+
+def _split(value, flag: str, cast) -> tuple:
+    """A comma-separated string (as typed on the command line) or a sequence -> tuple of cast
+    values, in order, without repeats."""
+    items = [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
+    out = []
+    for t in items:
+        if t == "":
+            continue
+        try:
+            v = cast(t)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag}: '{t}' is not a valid value; give a comma-separated list") from None
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise UsageError(f"{flag} is empty; give a comma-separated list")
+    return tuple(out)
+
+
+def mask_eval_config(methods=None, fractions=None, **kw) -> MaskEvalConfig:
+    """A validated MaskEvalConfig. methods and fractions may be comma-separated strings; fractions
+    are sorted (the accuracy curve runs left to right) and repeats dropped. Options left None
+    take their defaults."""
+    values = {k: v for k, v in kw.items() if v is not None}
+    if methods is not None:
+        values["methods"] = _split(methods, "--method", str)
+    if fractions is not None:
+        values["fractions"] = tuple(sorted(_split(fractions, "--fractions", float)))
+    cfg = MaskEvalConfig(**values)
+    validate_mask_eval(cfg)
+    return cfg
+
+
+def validate_mask_eval(cfg: MaskEvalConfig) -> None:
+    from .saliency import SALIENCY
+
+    if not cfg.methods:
+        raise UsageError("--method is empty; give a comma-separated list")
+    for m in cfg.methods:
+        if m not in SALIENCY:
+            raise unknown_name("saliency method", m, SALIENCY)
+    for kind, value, valid in [
+        ("order", cfg.order, MASK_ORDERS), ("fill", cfg.fill, MASK_EVAL_FILLS),
+        ("target", cfg.target, MASK_TARGETS), ("ig baseline", cfg.baseline, IG_BASELINES),
+        ("device", cfg.device, DEVICES),
+    ]:
+        if value not in valid:
+            raise unknown_name(kind, value, valid)
+    if not cfg.fractions:
+        raise UsageError("--fractions is empty; give a comma-separated list such as 0,0.1,0.5")
+    for f in cfg.fractions:
+        if not (0.0 <= f < 1.0):  # also refuses nan
+            raise UsageError(f"--fractions: {f} is outside [0, 1); give shares of the features to remove")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {cfg.limit}")
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+
 # --- AttackConfig (issue 4) ---
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    methods: tuple[str, ...] = ("pgd",)
+    eps: tuple[float, ...] | None = None  # None -> dataset default; resolved before hashing
+    steps: int | None = None  # None -> dataset default
+    step_size: float | None = None  # None -> dataset default
+    restarts: int = 1
+    decay: float = 1.0  # MI-FGSM momentum mu
+    random_start: bool = True  # PGD
+    train_mode: bool = False  # attack with the model in train mode (default eval)
+    limit: int | None = None
+    batch_size: int = 500
+    seed: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+def parse_eps(text: str) -> tuple[float, ...]:
+    """'0.1,0.2,8/255' -> (0.1, 0.2, 0.0313...): a comma list of numbers or fractions."""
+    out = []
+    for item in (s.strip() for s in str(text).split(",")):
+        try:
+            num, _, den = item.partition("/")
+            out.append(float(num) / float(den) if den else float(num))
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(f"--eps: '{item}' is not a number; give a comma list such as 0.1,0.2,8/255") from None
+    return tuple(out)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """'fgsm, pgd' -> ('fgsm', 'pgd'); names are checked by validate_attack."""
+    return tuple(s.strip() for s in str(text).split(","))
+
+
+def resolve_attack(cfg: AttackConfig, dataset: str) -> AttackConfig:
+    """Fill eps/steps/step_size from the dataset's attack defaults, sort and dedupe eps and
+    dedupe methods, then validate: the result is what gets hashed."""
+    from .data import get_dataset
+
+    validate_attack(cfg)
+    spec = get_dataset(dataset).attack
+    cfg = dataclasses.replace(
+        cfg,
+        methods=tuple(dict.fromkeys(cfg.methods)),
+        eps=tuple(sorted({float(e) for e in (cfg.eps if cfg.eps is not None else (spec["eps"],))})),
+        steps=cfg.steps if cfg.steps is not None else spec["steps"],
+        step_size=float(cfg.step_size if cfg.step_size is not None else spec["step_size"]),
+    )
+    validate_attack(cfg)
+    return cfg
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_attack(cfg: AttackConfig) -> None:
+    """One-line UsageError for every impossible value; None fields (still to resolve) pass."""
+    from .attacks import ATTACKS
+
+    if isinstance(cfg.methods, str) or not cfg.methods:
+        raise UsageError("--method: give at least one attack, e.g. --method fgsm,pgd,mifgsm")
+    for m in cfg.methods:
+        if m not in ATTACKS:
+            raise unknown_name("attack method", m, ATTACKS)
+    if cfg.eps is not None:
+        if isinstance(cfg.eps, str) or not cfg.eps:
+            raise UsageError("--eps: give at least one value, e.g. --eps 0.1,0.2,0.3")
+        for e in cfg.eps:
+            if not _is_real(e):
+                raise UsageError(f"--eps: {e!r} is not a finite number")
+            if not 0 <= e <= 1:
+                raise UsageError(f"--eps must be in [0, 1] (pixel space), got {e}")
+    if cfg.step_size is not None and not (_is_real(cfg.step_size) and cfg.step_size > 0):
+        raise UsageError(f"--step-size must be a positive number, got {cfg.step_size!r}")
+    if cfg.decay is None or not (_is_real(cfg.decay) and cfg.decay >= 0):
+        raise UsageError(f"--decay must be a non-negative number, got {cfg.decay!r}")
+    for name in ("steps", "restarts", "batch_size", "limit"):
+        v = getattr(cfg, name)
+        if v is None and name in ("steps", "limit"):
+            continue
+        if not (_is_int(v) and v >= 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer of at least 1, got {v!r}")
+    if not _is_int(cfg.seed):
+        raise UsageError(f"--seed must be an integer, got {cfg.seed!r}")
+    if cfg.device not in DEVICES:
+        raise unknown_name("device", cfg.device, DEVICES)
 
 
 def eval_hash(cfg, run_id: str) -> str:

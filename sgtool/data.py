@@ -230,11 +230,23 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Python 3 pickles of protocol 2 write bytes as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
-            return getattr(np, name) if module == "numpy" else np.core.multiarray._reconstruct
+            if module == "_codecs":
+                import codecs
+
+                return codecs.encode
+            if module == "numpy":
+                return getattr(np, name)
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
 
 

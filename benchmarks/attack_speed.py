@@ -1,0 +1,87 @@
+"""PGD-40 throughput on mnist-cnn: sgtool.attacks.pgd against torchattacks.PGD in the same run.
+
+Both attack the same batch of 512 images with the same model (eval mode), eps 0.3, step 0.01,
+40 steps, random start. Repeats alternate between the two (ours, theirs, ours, ...) so that
+load from other processes hits both alike; the figures are medians of images per second.
+Real MNIST test images are used when --data-dir has them, else uniform noise (the speed of
+an attack does not depend on the pixel values). The weights are a fresh seeded initialisation,
+or a stored run's with --run-dir.
+
+    python benchmarks/attack_speed.py --repeats 5 [--data-dir ../shared/data] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--step-size", type=float, default=0.01)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    ap.add_argument("--run-dir", default=None, help="a stored mnist-cnn run to take the weights from")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    import torchattacks
+
+    from sgtool.attacks import pgd
+    from sgtool.data import load
+    from sgtool.errors import SgtoolError
+    from sgtool.models import build
+    from sgtool.store import load_tensors
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build("mnist-cnn", "mnist")
+    if args.run_dir:
+        model.load_state_dict(load_tensors(Path(args.run_dir) / "model.safetensors"))
+    model = model.to(dev).eval()
+    try:
+        d = load("mnist", args.data_dir, train_size=1, test_size=args.batch_size)
+        x, y, src = d.x_test, d.y_test, "MNIST test images"
+    except SgtoolError:
+        x = torch.rand(args.batch_size, 1, 28, 28)
+        y = torch.randint(0, 10, (args.batch_size,))
+        src = "uniform noise (no MNIST in --data-dir)"
+    x, y = x.to(dev), y.to(dev)
+    theirs = torchattacks.PGD(model, eps=args.eps, alpha=args.step_size, steps=args.steps, random_start=True)
+    gen = torch.Generator(dev).manual_seed(0)
+    ours = lambda: pgd(model, x, y, args.eps, steps=args.steps, step_size=args.step_size, generator=gen)  # noqa: E731
+
+    def timed(fn) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return len(x) / (time.perf_counter() - t0)
+
+    ours(), theirs(x, y)  # warm-up
+    rates = {"sgtool": [], "torchattacks": []}
+    for _ in range(args.repeats):
+        rates["sgtool"].append(timed(ours))
+        rates["torchattacks"].append(timed(lambda: theirs(x, y)))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"PGD-{args.steps} on mnist-cnn, batch {len(x)} ({src}), device {dev}, "
+          f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats (medians)")
+    for k, v in med.items():
+        print(f"  {k:13s} {v:9.1f} images/s   (all: {', '.join(f'{r:.1f}' for r in rates[k])})")
+    print(f"  ratio sgtool/torchattacks: {med['sgtool'] / med['torchattacks']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""experiments.yaml and `sgtool sweep`: the papers' experiments as one resumable command.
+
+experiments.yaml maps experiment names to what to run:
+
+    demo:
+      description: one line
+      train:              # training config keys (as `sgtool train` flags); a list is a grid axis
+        dataset: synthetic
+        trainer: [standard, sgt]
+        seed: [0, 1, 2]
+      mask_eval: {methods: [grad, random], limit: 200}    # optional: MaskEvalConfig keys
+      attack: {methods: [fgsm, pgd], eps: [0.05, 0.1]}    # optional: AttackConfig keys
+      explain: {methods: [grad], n: 6}                    # optional: report.ExplainConfig keys
+
+The lists under `train` expand to their cartesian product; cells that give the same run (a
+standard run ignores mask_frac) are run once. Each cell runs train -> mask-eval -> attack ->
+explain. Every step is cached by the hash of its config (runs by config_hash, evaluations by
+eval_hash), and training resumes from its last checkpoint, so after a kill a rerun continues
+where it stopped and repeats nothing that finished. Numbers like `8/255` are allowed wherever a
+number is expected. data_dir, runs_dir and device come from the flags, never from the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .config import NOT_HASHED, TrainConfig, config_hash, eval_hash, normalise_keys, resolve
+from .errors import UsageError, unknown_name
+from .store import CKPT, RUN, find_run, runs_root
+
+SECTIONS = ("description", "train", "mask_eval", "attack", "explain")
+EVAL_KINDS = ("mask_eval", "attack", "explain")  # the order a cell runs them in
+_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
+
+
+def eval_class(kind: str):
+    """The config dataclass of an evaluation kind (imported only when an experiment asks for it)."""
+    if kind == "mask_eval":
+        from .config import MaskEvalConfig
+
+        return MaskEvalConfig
+    if kind == "attack":
+        from .config import AttackConfig
+
+        return AttackConfig
+    from .report import ExplainConfig
+
+    return ExplainConfig
+
+
+@dataclass
+class Cell:
+    experiment: str
+    cfg: TrainConfig
+    run_id: str
+    evals: dict  # kind -> evaluation config, in EVAL_KINDS order; kinds not asked for are absent
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _number(v):
+    """'8/255' -> 8/255; anything else unchanged (the field's type check comes after)."""
+    if isinstance(v, str) and (m := _FRACTION.match(v)):
+        return float(m.group(1)) / float(m.group(2))
+    return v
+
+
+def _scalar(t: str, v):
+    if t == "bool":
+        if not isinstance(v, bool):
+            raise ValueError
+        return v
+    if t == "int":
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError
+        return int(v)
+    if t == "float":
+        if isinstance(v, bool):
+            raise ValueError
+        return float(_number(v))
+    if isinstance(v, (dict, list)):
+        raise ValueError
+    return str(v)
+
+
+def _coerce_eval(cls, key: str, value, where: str):
+    """A YAML value -> the type of the evaluation config's field (type names as in config.py)."""
+    t = {f.name: f.type for f in fields(cls)}[key]
+    base = t.split("|")[0].strip()
+    if value is None:
+        if "None" in t:
+            return None
+        raise UsageError(f"{where}: '{key.replace('_', '-')}' needs a value")
+    try:
+        if base.startswith("tuple["):
+            inner = base[len("tuple["):].split(",")[0].strip()
+            items = value.split(",") if isinstance(value, str) and inner == "str" else value
+            items = items if isinstance(items, list) else [items]
+            if not items:
+                raise ValueError
+            return tuple(_scalar(inner, x.strip() if isinstance(x, str) else x) for x in items)
+        return _scalar(base, value)
+    except (TypeError, ValueError):
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+        want = (f"a list of {kind[inner].split(' ', 1)[1]}s" if base.startswith("tuple[") else kind[base])
+        raise UsageError(f"{where}: '{key.replace('_', '-')}' must be {want}, got {value!r}") from None
+
+
+def _build_eval(kind: str, settings: dict, where: str):
+    """A validated evaluation config from its settings, built the way its own command builds it
+    (so that the sweep and the command share the cache)."""
+    try:
+        if kind == "mask_eval":
+            from .config import mask_eval_config
+
+            return mask_eval_config(**settings)
+        if kind == "attack":
+            from .config import AttackConfig, validate_attack
+
+            cfg = AttackConfig(**settings)
+            validate_attack(cfg)
+            return cfg
+        from .report import ExplainConfig, validate_explain
+
+        cfg = ExplainConfig(**settings)
+        validate_explain(cfg)
+        return cfg
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def _eval_settings(kind: str, section, where: str):
+    """One evaluation section -> its validated config; None when the section is false."""
+    if section is None or section is True:
+        section = {}
+    if section is False:
+        return None
+    if not isinstance(section, dict):
+        raise UsageError(f"{where}: expected a mapping of {kind.replace('_', '-')} settings, got {section!r}")
+    cls = eval_class(kind)
+    valid = [f.name for f in fields(cls) if f.name not in NOT_HASHED]
+    out = {}
+    for k, v in section.items():
+        key = str(k).replace("-", "_")
+        if key in NOT_HASHED:
+            raise UsageError(f"{where}: '{k}' comes from the --{key.replace('_', '-')} flag, not experiments.yaml")
+        if key not in valid:
+            raise UsageError(f"{where}: unknown key '{k}'; valid keys: "
+                             f"{', '.join(sorted(x.replace('_', '-') for x in valid))}")
+        out[key] = _coerce_eval(cls, key, v, where)
+    return _build_eval(kind, out, where)
+
+
+def _grid(train, where: str) -> list[dict]:
+    """The training section -> one dict of config values per cell of its cartesian grid."""
+    if not isinstance(train, dict) or not train:
+        raise UsageError(f"{where}: 'train' must be a mapping of training config keys (as the train flags)")
+    axes = {}
+    for k, v in train.items():
+        key = str(k).replace("-", "_")
+        if key in NOT_HASHED:
+            raise UsageError(f"{where}: '{k}' comes from the --{key.replace('_', '-')} flag, not experiments.yaml")
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise UsageError(f"{where}: '{k}' is an empty list")
+        axes[key] = [normalise_keys({k: _number(x)}, where)[key] for x in values]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def load_experiments(path: str | Path) -> dict[str, dict]:
+    """The experiments in the file, checked key by key; errors name the experiment and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"experiments file {path} not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UsageError(f"{path}: malformed YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise UsageError(f"{path}: expected a mapping of experiment names to experiments")
+    out = {}
+    for name, exp in doc.items():
+        where = f"{path}: experiment '{name}'"
+        if not isinstance(exp, dict):
+            raise UsageError(f"{where}: expected a mapping with a 'train' section")
+        keys = {str(k).replace("-", "_"): k for k in exp}
+        for k, orig in keys.items():
+            if k not in SECTIONS:
+                raise UsageError(f"{where}: unknown key '{orig}'; valid keys: "
+                                 f"{', '.join(s.replace('_', '-') for s in SECTIONS)}")
+        if "train" not in keys:
+            raise UsageError(f"{where}: no 'train' section")
+        exp = {k: exp[orig] for k, orig in keys.items()}
+        out[str(name)] = {
+            "description": str(exp.get("description", "")),
+            "train": _grid(exp["train"], f"{where}: train"),
+            **{kind: _eval_settings(kind, exp[kind], f"{where}: {kind.replace('_', '-')}")
+               for kind in EVAL_KINDS if kind in exp},
+        }
+    return out
+
+
+def plan(path: str | Path, only: str | list[str] | None = None, runs_dir: str | None = None,
+         data_dir: str | None = None, device: str | None = None) -> list[Cell]:
+    """The cells to run, in order: for each chosen experiment, each distinct run of its grid."""
+    exps = load_experiments(path)
+    names = list(exps)
+    if only:
+        names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+        for n in names:
+            if n not in exps:
+                raise unknown_name("experiment", n, exps)
+    flags = {"data_dir": data_dir, "device": device or "auto"}
+    cells = []
+    for name in names:
+        exp, seen = exps[name], set()
+        for values in exp["train"]:
+            try:
+                cfg = resolve(TrainConfig(**values, runs_dir=runs_dir, **flags))
+            except UsageError as e:
+                raise UsageError(f"{path}: experiment '{name}': train: {e}") from None
+            rid = config_hash(cfg)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            evals = {k: dataclasses.replace(exp[k], **flags) for k in EVAL_KINDS if exp.get(k) is not None}
+            cells.append(Cell(name, cfg, rid, evals))
+    return cells
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _mask_eval(run, cfg, on_progress):
+    from .evaluate import mask_eval
+
+    return mask_eval(run, cfg, on_progress=on_progress)
+
+
+def _attack(run, cfg, on_progress):
+    from .evaluate import attack_eval
+
+    return attack_eval(run, cfg, on_progress=on_progress)
+
+
+def _explain(run, cfg, on_progress):
+    from .report import explain_run
+
+    return explain_run(run, cfg)
+
+
+STAGES = {"mask_eval": _mask_eval, "attack": _attack, "explain": _explain}
+
+
+def _train_state(run_dir: Path) -> str:
+    """'completed', 'partial' (a checkpoint to resume from) or 'new'."""
+    try:
+        status = json.loads((run_dir / RUN).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status == "completed":
+        return "completed"
+    return "partial" if (run_dir / CKPT).is_file() else "new"
+
+
+def _row(cell: Cell) -> dict:
+    c = cell.cfg
+    return {"experiment": cell.experiment, "run": cell.run_id, "dataset": c.dataset, "trainer": c.trainer,
+            "mask_frac": c.mask_frac if c.trainer != "standard" else None, "seed": c.seed,
+            "train": None, "test_acc": None, **dict.fromkeys(EVAL_KINDS)}
+
+
+def _inner(emit, stage: str):
+    """Adapt a step's own on_progress(**info) to the sweep's: (completed, total, info)."""
+
+    def show(**kw):
+        if stage == "train":
+            emit(event="inner", completed=(kw["epoch"] - 1) * kw["steps"] + kw["step"],
+                 total=kw["epochs"] * kw["steps"], info=f"epoch {kw['epoch']}/{kw['epochs']} loss {kw['loss']:.4f}")
+        else:
+            done, total = kw.get("done", kw.get("completed")), kw.get("total")
+            emit(event="inner", completed=done, total=total,
+                 info=" ".join(f"{k} {v}" for k, v in kw.items() if k not in ("done", "completed", "total")))
+
+    return show
+
+
+def run_sweep(path: str | Path, only: str | list[str] | None = None, dry_run: bool = False,
+              runs_dir: str | None = None, data_dir: str | None = None, device: str | None = None,
+              on_progress=None) -> list[dict]:
+    """Run (or, with dry_run, only list) every cell of the chosen experiments.
+
+    Returns one summary row per cell: experiment, run, dataset, trainer, mask_frac, seed,
+    then train (trained | resumed | cached; dry run: todo | resume | cached), test_acc, a status
+    per evaluation kind (done | cached; dry run: todo | cached; None where the experiment does
+    not ask for it) and seconds. on_progress(event=...) is called with event "plan" (cells, steps), "stage"
+    (step, steps, cell, cells, experiment, run, stage), "inner" (completed, total, info) and
+    "cell" (row).
+    """
+    cells = plan(path, only, runs_dir, data_dir, device)
+    root = runs_root(runs_dir)
+    if dry_run:
+        return [_dry_row(root, c) for c in cells]
+    emit = on_progress or (lambda **kw: None)
+    steps = sum(1 + len(c.evals) for c in cells)
+    emit(event="plan", cells=len(cells), steps=steps)
+    rows, step = [], 0
+    for i, cell in enumerate(cells, 1):
+        from .train import train_run
+
+        t0 = time.time()
+        row = _row(cell)
+        step += 1
+        emit(event="stage", step=step, steps=steps, cell=i, cells=len(cells), experiment=cell.experiment,
+             run=cell.run_id, stage="train")
+        before = _train_state(root / cell.run_id)
+        res = train_run(cell.cfg, on_progress=_inner(emit, "train"))
+        row["train"] = "cached" if res["already"] else "resumed" if before == "partial" else "trained"
+        row["test_acc"] = res["test_acc"]
+        run = find_run(root, cell.run_id)
+        for kind, ecfg in cell.evals.items():
+            step += 1
+            emit(event="stage", step=step, steps=steps, cell=i, cells=len(cells), experiment=cell.experiment,
+                 run=cell.run_id, stage=kind)
+            out = STAGES[kind](run, ecfg, _inner(emit, kind))
+            row[kind] = "cached" if out["cached"] else "done"
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        emit(event="cell", row=row)
+    return rows
+
+
+def _dry_row(root: Path, cell: Cell) -> dict:
+    state = _train_state(root / cell.run_id)
+    row = {**_row(cell), "train": {"completed": "cached", "partial": "resume", "new": "todo"}[state]}
+    for kind, ecfg in cell.evals.items():
+        if kind == "attack":
+            from .config import resolve_attack
+
+            ecfg = resolve_attack(ecfg, cell.cfg.dataset)  # what attack_eval hashes
+        done = state == "completed" and (root / cell.run_id / kind / f"{eval_hash(ecfg, cell.run_id)}.json").is_file()
+        row[kind] = "cached" if done else "todo"
+    return row

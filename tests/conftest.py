@@ -1,0 +1,20 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# No network in tests: a missing dataset must fail fast with the offline message.
+os.environ["SGTOOL_OFFLINE"] = "1"
+# Wide enough that rich never folds the ids and numbers the CLI tests look for.
+os.environ["COLUMNS"] = "200"
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real MNIST not found at {SHARED_DATA / 'mnist'}")
+    return SHARED_DATA

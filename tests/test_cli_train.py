@@ -1,0 +1,104 @@
+"""`sgtool train` and `sgtool runs` through typer's CliRunner: results, and one-line errors."""
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from sgtool.cli import app
+
+runner = CliRunner()
+TINY = ["--model", "mlp", "--train-size", "128", "--test-size", "32", "--epochs", "1"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def store_snapshot(root):
+    return sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_train_then_already_trained_then_runs(tmp_path):
+    r = invoke("train", *TINY, "--runs-dir", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output
+    (run_id,) = [p.name for p in tmp_path.iterdir()]
+    assert run_id in r.output and len(run_id) == 12
+    again = invoke("train", *TINY, "--runs-dir", tmp_path)
+    assert again.exit_code == 0 and f"already trained: {run_id}" in again.output
+    listing = invoke("runs", "--runs-dir", tmp_path)
+    assert listing.exit_code == 0 and run_id[:6] in listing.output and "completed" in listing.output
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("trainer: standard\nepochs: 5\nmodel: mlp\ntrain-size: 64\ntest-size: 16\n")
+    r = invoke("train", "--config", y, "--epochs", "1", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    cfg = next((tmp_path / "runs").iterdir()) / "config.yaml"
+    text = cfg.read_text()
+    assert "epochs: 1" in text and "trainer: standard" in text
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--dataset", "imagenet"], 2, "unknown dataset 'imagenet'; choose from: cifar10, fashion-mnist, mnist, synthetic"),
+    (["--model", "vgg"], 2, "choose from: mlp, mnist-cnn, resnet18, resnet20, small-cnn"),
+    (["--trainer", "magic"], 2, "unknown trainer 'magic'"),
+    (["--optimizer", "lion"], 2, "unknown optimizer 'lion'"),
+    (["--mask-frac", "1.5"], 2, "--mask-frac must be in [0, 1)"),
+    (["--mask-frac", "0.0001"], 2, "masks 0 of 784 features"),
+    (["--epochs", "0"], 2, "--epochs must be at least 1"),
+    (["--dataset", "mnist", "--data-dir", "{tmp}/nodata"], 1, "missing file train-images-idx3-ubyte.gz"),
+])
+def test_bad_input_one_line_no_traceback_store_unchanged(tmp_path, args, code, fragment):
+    (tmp_path / "runs").mkdir()
+    before = store_snapshot(tmp_path / "runs")
+    r = invoke("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == code, r.output
+    assert fragment in " ".join(r.output.split())
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    assert store_snapshot(tmp_path / "runs") == before
+
+
+def test_malformed_yaml_and_unknown_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    r = invoke("train", "--config", bad, "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 2 and "malformed YAML" in r.output and not (tmp_path / "runs").exists()
+    unk = tmp_path / "unk.yaml"
+    unk.write_text("learning_rate: 0.1\n")
+    r = invoke("train", "--config", unk, "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 2 and "unknown key 'learning_rate'" in r.output
+
+
+def test_corrupt_idx_file(tmp_path):
+    from tests.test_data import fake_mnist
+
+    fake_mnist(tmp_path / "data" / "mnist")
+    (tmp_path / "data" / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    r = invoke("train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 1 and "corrupt IDX file" in r.output
+    assert not any((tmp_path / "runs").rglob("*.safetensors"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_runs_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = invoke("train", *TINY, "--runs-dir", ro / "runs")
+    assert r.exit_code == 1 and "cannot write runs dir" in r.output
+
+
+def test_runs_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("not a dir")
+    r = invoke("train", *TINY, "--runs-dir", f)
+    assert r.exit_code == 1 and "cannot write runs dir" in r.output
+    assert f.read_text() == "not a dir"
+
+
+def test_runs_on_empty_store(tmp_path):
+    r = invoke("runs", "--runs-dir", tmp_path / "none")
+    assert r.exit_code == 0 and "no runs" in r.output

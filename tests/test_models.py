@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from sgtool.data import DATASETS
+from sgtool.models import MODELS, build
+
+# Which models each dataset shape supports (resnet18 is heavy: checked on one shape only).
+CASES = [(m, d) for m in MODELS for d in DATASETS if not (m == "resnet18" and d != "cifar10")]
+
+
+@pytest.mark.parametrize("name, dataset", CASES)
+def test_forward_backward(name, dataset):
+    torch.manual_seed(0)
+    spec = DATASETS[dataset]
+    model = build(name, dataset)
+    x = torch.rand(2, *spec.shape, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, spec.num_classes)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_normalisation_is_first_layer():
+    model = build("mlp", "mnist")
+    x = torch.full((1, 1, 28, 28), 0.1307)
+    assert torch.allclose(model[0](x), torch.zeros_like(x), atol=1e-6)
+
+
+def test_unknown_model_lists_names():
+    from sgtool.errors import UsageError
+
+    with pytest.raises(UsageError, match="mnist-cnn"):
+        build("nope", "mnist")
+
+
+def test_mnist_cnn_is_the_authors_network():
+    net = build("mnist-cnn", "mnist")[1]
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Dropout", "Flatten", "Linear", "ReLU",
+                     "Dropout", "Linear"]
+    assert net[0].out_channels == 32 and net[2].out_channels == 64 and net[7].out_features == 128
+    assert net[5].p == 0.25 and net[9].p == 0.5

@@ -1,0 +1,149 @@
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sgtool.config import make_config
+from sgtool.store import read_run
+from sgtool.train import LOSSES, sgt_loss, standard_loss, train_run
+
+TINY = dict(dataset="synthetic", model="mlp", train_size=256, test_size=64, epochs=2, batch_size=64)
+
+
+class Linear2x2(nn.Module):
+    """logits = W @ x.flatten() for a 1x2x2 image: the input gradient is known in closed form."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T
+
+
+def test_sgt_loss_matches_hand_computation():
+    w = [[1.0, -2.0, 0.5, 0.0], [0.3, 0.1, -1.0, 2.0]]  # 2 classes, 4 pixels
+    model = Linear2x2(w)
+    x = torch.tensor([[[[0.2, 0.9], [0.4, 0.6]]]])
+    y = torch.tensor([0])
+    cfg = make_config(trainer="sgt", mask_frac=0.5, mask_fill="zero", kl_weight=0.7)
+    loss, logits, parts = sgt_loss(model, x, y, cfg, k=2)
+
+    # By hand. logits z = W x; grad of log p_0 wrt x = W_0 - sum_c p_c W_c.
+    xv = [0.2, 0.9, 0.4, 0.6]
+    z = [sum(wi * xi for wi, xi in zip(row, xv)) for row in w]
+    p = [math.exp(zi) / sum(math.exp(zj) for zj in z) for zi in z]
+    grad = [w[0][i] - (p[0] * w[0][i] + p[1] * w[1][i]) for i in range(4)]
+    # |grad| = |(1-p0)(w0 - w1)|: smallest two magnitudes are pixels 1 (|0.7-... |) etc.
+    order = sorted(range(4), key=lambda i: abs(grad[i]))
+    xm = [0.0 if i in order[:2] else xv[i] for i in range(4)]
+    zm = [sum(wi * xi for wi, xi in zip(row, xm)) for row in w]
+    pm = [math.exp(zi) / sum(math.exp(zj) for zj in zm) for zi in zm]
+    ce = -math.log(p[0])
+    kl = sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, pm))
+    assert parts["ce"] == pytest.approx(ce, rel=1e-5)
+    assert parts["kl"] == pytest.approx(kl, rel=1e-5)
+    assert loss.item() == pytest.approx(ce + 0.7 * kl, rel=1e-5)
+    # The clean branch is not detached: the KL term sends gradient through f(X) too.
+    loss.backward()
+    assert model.w.grad is not None
+
+
+def test_shared_pass_gives_same_loss_without_dropout():
+    model = Linear2x2([[1.0, -2.0, 0.5, 0.0], [0.3, 0.1, -1.0, 2.0]])
+    x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 1])
+    a = sgt_loss(model, x, y, make_config(mask_fill="zero"), k=2)[0]
+    b = sgt_loss(model, x, y, make_config(mask_fill="zero", saliency_pass="shared"), k=2)[0]
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_standard_loss_is_cross_entropy():
+    model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    loss, _, parts = standard_loss(model, x, torch.tensor([0]), make_config(), k=0)
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+    assert set(LOSSES) == {"standard", "sgt", "asgt"}
+
+
+def _metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("trainer", ["standard", "sgt"])
+def test_same_config_same_numbers(tmp_path, trainer):
+    a = train_run(make_config(trainer=trainer, runs_dir=str(tmp_path / "a"), **TINY))
+    b = train_run(make_config(trainer=trainer, runs_dir=str(tmp_path / "b"), **TINY))
+    assert a["id"] == b["id"]
+    assert _metrics(a["dir"]) == _metrics(b["dir"])
+    from sgtool.store import load_tensors
+
+    wa, wb = load_tensors(a["dir"] / "model.safetensors"), load_tensors(b["dir"] / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_completed_run_is_not_retrained_and_force_retrains(tmp_path):
+    cfg = make_config(runs_dir=str(tmp_path), **TINY)
+    first = train_run(cfg)
+    mtime = (first["dir"] / "model.safetensors").stat().st_mtime_ns
+    again = train_run(cfg)
+    assert again["already"] and (first["dir"] / "model.safetensors").stat().st_mtime_ns == mtime
+    forced = train_run(cfg, force=True)
+    assert not forced["already"] and forced["test_acc"] == first["test_acc"]
+    info = read_run(first["dir"])
+    assert info["status"] == "completed" and info["torch_version"] == torch.__version__
+    assert len(_metrics(first["dir"])) == 2
+
+
+def _run_cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "sgtool", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_resume_after_kill_gives_uninterrupted_metrics(tmp_path, sig):
+    args = ["--model", "small-cnn", "--train-size", "384", "--test-size", "32", "--epochs", "2",
+            "--batch-size", "64", "--trainer", "sgt"]
+    env = {**os.environ, "SGTOOL_OFFLINE": "1"}
+    ref = _run_cli([*args, "--runs-dir", str(tmp_path / "ref")], env)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+
+    killed = _run_cli([*args, "--runs-dir", str(tmp_path / "k")], env)
+    run_dir = next((tmp_path / "ref").iterdir())
+    target = tmp_path / "k" / run_dir.name
+    deadline = time.time() + 120
+    while not ((target / "metrics.csv").is_file() and len(_metrics(target)) >= 1):
+        assert time.time() < deadline and killed.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    killed.send_signal(sig)
+    killed.wait(timeout=60)
+    info = read_run(target)
+    assert info["status"] == "interrupted"
+    assert len(_metrics(target)) < 2
+
+    resumed = _run_cli([*args, "--runs-dir", str(tmp_path / "k")], env)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert _metrics(target) == _metrics(run_dir)
+    assert json.loads((target / "run.json").read_text())["status"] == "completed"
+
+
+def test_lock_refuses_a_second_trainer(tmp_path):
+    from sgtool.errors import SgtoolError
+    from sgtool.store import run_lock
+
+    d = tmp_path / "r"
+    d.mkdir()
+    with run_lock(d):
+        with pytest.raises(SgtoolError, match="being trained by another process"):
+            with run_lock(d):
+                pass
