@@ -51,7 +51,7 @@ def main():
         state[name] = (model, opt, LOSSES[cfg.trainer], cfg)
     times: dict[str, list[float]] = {m: [] for m in modes}
     batches = data.x_train.split(args.batch_size), data.y_train.split(args.batch_size)
-    for name, (model, opt, loss_fn, cfg) in state.items():  # warm-up: one step each
+    for model, opt, loss_fn, cfg in state.values():  # warm-up: one step each
         train_step(model, opt, loss_fn, batches[0][0], batches[1][0], cfg, k)
     for r in range(args.repeats):
         for name, (model, opt, loss_fn, cfg) in state.items():

@@ -24,6 +24,11 @@ from rich.table import Column, Table
 
 from .errors import SgtoolError
 
+try:  # recent typer vendors click; older releases depend on it
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Saliency guided training (SGT, ASGT) and the evaluations that measure it.")
 console = Console()
@@ -368,7 +373,19 @@ def _sigterm(signum, frame):
 def main():
     # `kill` (SIGTERM) is treated like Ctrl-C: the run is saved and marked interrupted.
     signal.signal(signal.SIGTERM, _sigterm)
-    app(prog_name="sgtool")
+    try:
+        code = app(prog_name="sgtool", standalone_mode=False)
+    except ClickException as e:
+        # Typer/click's own parse errors (a non-numeric --epochs, an unknown flag) as one line.
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx else "sgtool"
+        err_console.print(f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False,
+                          soft_wrap=True)
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("interrupted", highlight=False)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

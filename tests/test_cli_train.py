@@ -102,3 +102,16 @@ def test_runs_dir_that_is_a_file(tmp_path):
 def test_runs_on_empty_store(tmp_path):
     r = invoke("runs", "--runs-dir", tmp_path / "none")
     assert r.exit_code == 0 and "no runs" in r.output
+
+
+@pytest.mark.parametrize("args", [["train", "--epochs", "abc"], ["train", "--bogus"], ["nosuchcommand"]])
+def test_parse_errors_are_one_line_through_the_console_script(args):
+    """Typer's own parse errors, through `python -m sgtool` (the console script's main)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "sgtool", *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--help" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr + p.stdout

@@ -16,7 +16,7 @@ from sgtool.saliency import get_saliency
 from sgtool.store import find_run, runs_root
 from sgtool.train import load_model, train_run
 
-TINY = dict(dataset="synthetic", train_size=256, test_size=64, epochs=1)
+TINY = dict(dataset="synthetic", model="mlp", train_size=256, test_size=64, epochs=1)  # mlp: fast
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_cli_explain(runs, tmp_path):
     assert r.exit_code == 0, r.output
     assert png_size(out) == report.explain_size(2, 5) and out.with_suffix(".safetensors").is_file()
     # a run selected by its training flags instead of its id
-    r = runner.invoke(app, ["explain", "--trainer", "sgt", "--train-size", "256", "--test-size", "64",
+    r = runner.invoke(app, ["explain", "--trainer", "sgt", "--model", "mlp", "--train-size", "256", "--test-size", "64",
                             "--epochs", "1", "--n", "1", "--out", str(tmp_path / "f.png"), "--runs-dir", root])
     assert r.exit_code == 0, r.output
     for args, code, msg in [

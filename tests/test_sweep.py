@@ -20,16 +20,13 @@ from sgtool.errors import UsageError
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
+# The mlp keeps these fast. The second experiment trains longer, so that a kill right after the
+# first one finishes lands in the middle of it.
 TWO_CELLS = """
-two:
-  train:
-    dataset: synthetic
-    trainer: [standard, sgt]
-    train_size: 256
-    test_size: 64
-    epochs: [1]
-other:
-  train: {dataset: synthetic, trainer: standard, train_size: 128, test_size: 32, epochs: 1}
+first:
+  train: {dataset: synthetic, model: mlp, trainer: [standard], train_size: 256, test_size: 64, epochs: 1}
+second:
+  train: {dataset: synthetic, model: mlp, trainer: sgt, train_size: 4000, test_size: 64, epochs: 3}
 """
 
 
@@ -49,9 +46,9 @@ def status(run_dir: Path) -> str | None:
 def test_sweep_resumes_after_kill_without_retraining(tmp_path):
     path = write(tmp_path, TWO_CELLS)
     runs = tmp_path / "runs"
-    first, second = sweep.plan(path, only="two", runs_dir=str(runs))
+    first, second = sweep.plan(path, only="first,second", runs_dir=str(runs))
     env = {**os.environ, "SGTOOL_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sgtool", "sweep", str(path), "--only", "two",
+    proc = subprocess.Popen([sys.executable, "-m", "sgtool", "sweep", str(path), "--only", "first,second",
                              "--runs-dir", str(runs)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -65,11 +62,12 @@ def test_sweep_resumes_after_kill_without_retraining(tmp_path):
     model = runs / first.run_id / "model.safetensors"
     stamps = {p: p.stat().st_mtime_ns for p in (model, runs / first.run_id / "run.json")}
     # the rerun: the CLI says the first cell is cached and finishes the second
-    r = runner.invoke(app, ["sweep", str(path), "--only", "two", "--runs-dir", str(runs)])
+    assert status(runs / second.run_id) != "completed"  # killed before the second cell finished
+    r = runner.invoke(app, ["sweep", str(path), "--only", "first,second", "--runs-dir", str(runs)])
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the first run was not retrained
     assert status(runs / second.run_id) == "completed"
-    rows = sweep.run_sweep(path, only="two", runs_dir=str(runs))
+    rows = sweep.run_sweep(path, only="first,second", runs_dir=str(runs))
     assert [row["train"] for row in rows] == ["cached", "cached"]
     assert "cached" in r.output and first.run_id in r.output
 
@@ -133,7 +131,7 @@ def test_cli_sweep_bad_input(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a:\n  train: {epochs: x}")
     for args, code, msg in [
-        ([str(path), "--only", "nope"], 2, "unknown experiment 'nope'; choose from: other, two"),
+        ([str(path), "--only", "nope"], 2, "unknown experiment 'nope'; choose from: first, second"),
         ([str(tmp_path / "missing.yaml")], 2, "not found"),
         ([str(bad)], 2, "experiment 'a': train: 'epochs' must be an integer"),
     ]:
@@ -167,7 +165,7 @@ def test_end_to_end_tiny_sweep_then_report(tmp_path):
     """train -> mask-eval -> attack -> explain for two cells, a cached rerun, and the report."""
     path = write(tmp_path, """
 e2e:
-  train: {dataset: synthetic, trainer: [standard, sgt], train_size: 256, test_size: 64, epochs: 1}
+  train: {dataset: synthetic, model: mlp, trainer: [standard, sgt], train_size: 256, test_size: 64, epochs: 1}
   mask_eval: {methods: [grad, random], fractions: [0, 0.05, 0.2], limit: 32}
   attack: {methods: [fgsm, pgd], eps: [0.1, 0.3], steps: 3, step_size: 0.1, limit: 32}
   explain: {methods: [grad], n: 2}
