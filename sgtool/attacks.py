@@ -45,11 +45,11 @@ def _loss_grad(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def predict(model, x: torch.Tensor) -> torch.Tensor:
-    """Predicted classes (B,) in inference mode, by the same sub-batches as the attacks."""
-    if len(x) == 0:
-        return torch.empty(0, dtype=torch.long, device=x.device)
+    """Predicted classes (B,), by the same sub-batches as the attacks. The forward passes run in
+    inference mode; the result is an ordinary tensor, usable as labels of a later attack."""
     with torch.inference_mode():
-        return torch.cat([model(x[s]).argmax(1) for s in _slices(x)])
+        parts = [model(x[s]).argmax(1) for s in _slices(x)]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=x.device)
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, generator=None) -> torch.Tensor:

@@ -225,6 +225,78 @@ def print_mask_eval(run: dict, res: dict, cfg) -> None:
 
 # --- attack command (issue 4) ---
 
+
+@app.command("attack")
+@handle_errors
+def attack_cmd(
+    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (unique prefixes); or select one run by its training flags")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="comma-separated: fgsm, pgd, mifgsm \\[pgd]")] = None,
+    eps: Annotated[str | None, typer.Option("--eps", help="comma-separated L-inf radii in pixels [0, 1], e.g. 0.1,0.2 or 8/255 \\[per dataset: mnist 0.3, cifar10 8/255]")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="pgd / mifgsm steps \\[per dataset: mnist 40, cifar10 10]")] = None,
+    step_size: Annotated[float | None, typer.Option("--step-size", help="pgd / mifgsm step size \\[per dataset: mnist 0.01, cifar10 2/255]")] = None,
+    restarts: Annotated[int | None, typer.Option("--restarts", help="pgd restarts; each sample keeps one that fools the model \\[1]")] = None,
+    decay: Annotated[float | None, typer.Option("--decay", help="mifgsm momentum decay mu \\[1.0]")] = None,
+    random_start: Annotated[bool, typer.Option("--random-start/--no-random-start", help="pgd starts at a random point of the eps-ball")] = True,
+    train_mode: Annotated[bool, typer.Option("--train-mode", help="attack with the model in train mode (dropout on) \\[eval mode]")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="attack the first N test samples \\[all]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="attack batch size \\[500]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of pgd's random starts \\[0]")] = None,
+    save_examples: Annotated[bool, typer.Option("--save-examples", help="also write the adversarial examples (safetensors)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="attack again even if cached")] = False,
+    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
+    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
+    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
+    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None, lr: Lr = None,
+    optimizer: Optim = None, train_size: TrainSize = None, test_size: TestSize = None,
+    train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="select the run trained with this --batch-size")] = None,
+    train_seed: Annotated[int | None, typer.Option("--train-seed", help="select the run trained with this --seed")] = None,
+    config: ConfigFile = None, data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+):
+    """Robust accuracy under FGSM, PGD and MI-FGSM for each eps, and the per-sample worst case
+    over the methods; the model is attacked in eval mode unless --train-mode."""
+    from .config import attack_config
+    from .evaluate import attack_eval
+    from .store import runs_root, select_runs
+
+    flags = train_flags(dataset=dataset, model=model, trainer=trainer, mask_frac=mask_frac, kl_weight=kl_weight,
+                        mask_fill=mask_fill, saliency_sign=saliency_sign, saliency_pass=saliency_pass,
+                        adv_attack=adv_attack, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size,
+                        epochs=epochs, lr=lr, optimizer=optimizer, train_size=train_size, test_size=test_size,
+                        batch_size=train_batch_size, seed=train_seed)
+    cfg = attack_config(methods=method, eps=eps, steps=steps, step_size=step_size, restarts=restarts, decay=decay,
+                        random_start=random_start, train_mode=train_mode, limit=limit, batch_size=batch_size,
+                        seed=seed, data_dir=data_dir, device=device)
+    for run in select_runs(runs_root(runs_dir), run_ids, flags, config):
+        with progress_bar() as bar:
+            task = bar.add_task(f"attack {run['id']}", total=None, info="")
+
+            def show(done, total, method, eps, task=task):
+                bar.update(task, completed=done, total=total, info=f"{method} eps {eps:g}")
+
+            res = attack_eval(run, cfg, save_examples=save_examples, force=force, on_progress=show)
+            bar.update(task, visible=not res["cached"])
+        print_attack(run, res)
+
+
+def print_attack(run: dict, res: dict) -> None:
+    """A header line, a table of accuracy (rows: methods and worst; columns: clean and each
+    eps), the warnings in yellow, and where the results went."""
+    c, rows = run["config"], res["rows"]
+    console.print(f"run [bold]{run['id']}[/bold] ({c.get('dataset')} / {c.get('model')} / {c.get('trainer')}): "
+                  f"clean accuracy {res['clean_accuracy']:.4f}, n {rows[0]['n']}"
+                  f"{' (cached)' if res['cached'] else ''}", highlight=False, soft_wrap=True)
+    eps = list(dict.fromkeys(r["eps"] for r in rows if r["method"] != "clean"))
+    t = Table("method", "clean", *[f"eps {e:g}" for e in eps], title="robust accuracy", title_justify="left")
+    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "clean"):
+        acc = {r["eps"]: r["accuracy"] for r in rows if r["method"] == m}
+        t.add_row(m, f"{res['clean_accuracy']:.4f}", *[f"{acc[e]:.4f}" for e in eps],
+                  style="bold" if m == "worst" else None)
+    console.print(t)
+    for w in res["warnings"]:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    written = f"{res['path']}, .json" + (f", {res['examples'].name}" if res.get("examples") else "")
+    console.print(f"written: {written}", highlight=False, soft_wrap=True)
+
 # --- explain command (issue 5) ---
 
 
@@ -268,7 +340,9 @@ def explain(
     with err_console.status(f"saliency of {len(runs)} run(s) x {len(methods)} method(s)"):
         res = explain_maps(runs, methods, n=n, indices=indices, out=out, data_dir=data_dir, device=device or "auto")
     w, h = res["size"]
-    console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px) and the raw maps {res['maps']}", highlight=False)
+    console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px) and the raw maps {res['maps']}", highlight=False,
+                  soft_wrap=True)
+
 
 # --- report and sweep commands (issue 5) ---
 
@@ -294,22 +368,27 @@ def report(
     from .report import collect, write_report
     from .store import runs_root
 
+    def warn(lines):
+        for w in lines:
+            err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+
     root = runs_root(runs_dir)
     rep = collect(root, where)
-    for w in rep.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     if rep.empty:
+        warn(rep.warnings)
         raise SgtoolError(rep.empty_message(where))
     res = write_report(rep, format, out)
+    warn(rep.warnings)  # after rendering: unreadable saliency maps show up while plotting
     if format == "table":
         for title, (df, caption) in res["tables"].items():
             print_frame(df, title, caption)
     elif res["text"] is not None:
         typer.echo(res["text"], nl=False)
     if res.get("report"):
-        console.print(f"report: [bold]{res['report']}[/bold]", highlight=False)
+        console.print(f"report: [bold]{res['report']}[/bold]", highlight=False, soft_wrap=True)
     elif res["files"]:
-        console.print(f"wrote {len(res['files'])} files to [bold]{res['files'][0].parent}[/bold]", highlight=False)
+        console.print(f"wrote {len(res['files'])} files to [bold]{res['files'][0].parent}[/bold]", highlight=False,
+                      soft_wrap=True)
 
 
 def print_rows(rows: list[dict], title: str) -> None:
@@ -335,6 +414,7 @@ def sweep(
     runs_dir: RunsDir = None, data_dir: DataDir = None, device: Device = None,
 ):
     """Run experiments: every cell of each grid through train -> mask-eval -> attack -> explain, cached and resumable."""
+    from .store import runs_root
     from .sweep import plan, run_sweep
 
     kw = dict(only=only, runs_dir=runs_dir, data_dir=data_dir, device=device)
@@ -361,8 +441,6 @@ def sweep(
         bar.update(overall, completed=bar.tasks[overall].total, info="done")
         bar.update(stage, visible=False)
     print_rows(rows, f"sweep: {len(rows)} cells")
-    from .store import runs_root
-
     console.print(f"tables and plots: sgtool report --runs-dir {runs_root(runs_dir)} --format html", highlight=False)
 
 

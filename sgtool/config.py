@@ -336,6 +336,18 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in str(text).split(","))
 
 
+def attack_config(methods: str | None = None, eps: str | None = None, **flags) -> AttackConfig:
+    """An AttackConfig from CLI values: comma lists for methods and eps, None = not given."""
+    values = {k: v for k, v in flags.items() if v is not None}
+    if methods is not None:
+        values["methods"] = parse_methods(methods)
+    if eps is not None:
+        values["eps"] = parse_eps(eps)
+    cfg = AttackConfig(**values)
+    validate_attack(cfg)
+    return cfg
+
+
 def resolve_attack(cfg: AttackConfig, dataset: str) -> AttackConfig:
     """Fill eps/steps/step_size from the dataset's attack defaults, sort and dedupe eps and
     dedupe methods, then validate: the result is what gets hashed."""

@@ -57,8 +57,9 @@ def saliency_precision_recall(score: torch.Tensor, gt: torch.Tensor, levels=GT_L
     before = s_sorted.cumsum(1) - s_sorted  # saliency of the positions ranked above each one
     total = s_sorted.sum(1, keepdim=True)  # (B, 1)
     p = torch.as_tensor(levels, dtype=s.dtype)
-    # A position is taken while the sum before it is still short of p * total: (B, P, N).
-    taken = (before[:, None, :] < p[None, :, None] * total[:, :, None]) * s_sorted[:, None, :]
+    # A position is taken while the sum before it is still short of p * total: (B, P, N). The
+    # 1e-9 keeps rounding (in floating point 0.1 + 0.2 > 0.3) from taking one position too many.
+    taken = (before[:, None, :] < (p[None, :, None] - 1e-9) * total[:, :, None]) * s_sorted[:, None, :]
     hit = (taken * g_sorted[:, None, :]).sum(-1)  # (B, P)
     on_taken, on_gt = taken.sum(-1), (s * g).sum(1, keepdim=True)
     precision = torch.where(on_taken > 0, hit / on_taken.clamp_min(1e-300), 0.0)
@@ -165,6 +166,9 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
     device = pick_device(cfg.device)
     model, tcfg = load_model(run, device)
     model.requires_grad_(False)  # gradients are taken w.r.t. the input only
+    # channels_last: oneDNN's CPU convolutions run faster in this layout (mnist-cnn: forward ~1.4x,
+    # DeepLift ~1.5x); the numbers agree with the default layout to float rounding.
+    model = model.to(memory_format=torch.channels_last)
     spec = get_dataset(tcfg.dataset)
     # The run's own test split (its --test-size), first `limit` samples; no training data needed.
     data = load(tcfg.dataset, cfg.data_dir or tcfg.data_dir, train_size=1, test_size=tcfg.test_size)

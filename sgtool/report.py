@@ -122,6 +122,20 @@ def _varying(configs: list[dict], skip=()) -> list[str]:
     return [k for k in keys if k not in skip and len({_key(c[k]) for c in configs if k in c}) > 1]
 
 
+def _numeric(df: pd.DataFrame, need: list[str]) -> pd.DataFrame:
+    """Check the columns a table needs and turn all but run and method into numbers
+    (ValueError on anything else; an empty cell is NaN)."""
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    for c in df.columns:
+        if c not in ("run", "method"):
+            df[c] = pd.to_numeric(df[c])
+    if "method" in df.columns:
+        df["method"] = df["method"].astype(str)
+    return df
+
+
 def _read_eval(run: dict, kind: str, warnings: list[str]):
     """(eval_id, json dict, csv DataFrame, summary DataFrame | None) for each complete evaluation
     of one kind; half-written ones (a csv without its .json) and corrupt ones become warnings."""
@@ -142,15 +156,11 @@ def _read_eval(run: dict, kind: str, warnings: list[str]):
             if kind == "explain":
                 yield eid, meta, None, None
                 continue
-            rows = pd.read_csv(folder / f"{eid}.csv")
-            need = {"method", "accuracy", "fraction" if kind == "mask_eval" else "eps"}
-            if not need <= set(rows.columns):
-                raise ValueError(f"missing columns {sorted(need - set(rows.columns))}")
+            rows = _numeric(pd.read_csv(folder / f"{eid}.csv"),
+                            ["method", "accuracy", "fraction" if kind == "mask_eval" else "eps"])
             summary = None
             if kind == "mask_eval" and (folder / f"{eid}.summary.csv").is_file():
-                summary = pd.read_csv(folder / f"{eid}.summary.csv")
-                if "method" not in summary.columns:
-                    raise ValueError("summary has no method column")
+                summary = _numeric(pd.read_csv(folder / f"{eid}.summary.csv"), ["method"])
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             warnings.append(f"run {run['id']}: {label} {eid} is corrupt ({e}); skipped")
             continue
@@ -173,19 +183,19 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
         if r.get("status") != "completed":
             warnings.append(f"run {r['id']} is {r.get('status', 'of unknown status')}; left out")
             continue
+        try:
+            metrics = _numeric(pd.read_csv(r["dir"] / "metrics.csv"), ["epoch", "train_loss", "train_acc", "test_acc",
+                                                                      "seconds"])
+            test_acc = float(r.get("test_acc", metrics["test_acc"].iloc[-1]))
+            seconds = float(r.get("wall_seconds", metrics["seconds"].sum()))
+        except (OSError, TypeError, ValueError, IndexError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            warnings.append(f"run {r['id']}: metrics.csv or run.json is corrupt ({e}); left out")
+            continue
         base = {k: v for k, v in cfg.items() if k != "seed"}
         g = _key(base)
         gkeys.setdefault(g, base)
-        try:
-            metrics = pd.read_csv(r["dir"] / "metrics.csv")
-            test_acc = float(r["test_acc"]) if r.get("test_acc") is not None else float(metrics["test_acc"].iloc[-1])
-            for col in ("epoch", "train_loss", "train_acc", "test_acc"):
-                metrics[col] = pd.to_numeric(metrics[col])
-        except (OSError, KeyError, ValueError, IndexError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            warnings.append(f"run {r['id']}: metrics.csv is missing or corrupt ({e}); left out")
-            continue
         runs.append({"run": r["id"], "group": g, "seed": cfg.get("seed"), "test_acc": test_acc,
-                     "train_seconds": float(r.get("wall_seconds") or metrics.get("seconds", pd.Series([0])).sum())})
+                     "train_seconds": seconds})
         for m in metrics.to_dict("records"):
             curves.append({"run": r["id"], "group": g, **{k: m[k] for k in ("epoch", "train_loss", "train_acc", "test_acc")}})
         for kind in EVAL_KINDS:
@@ -198,18 +208,14 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
                 if kind == "explain":
                     ex.append({**ids, "path": r["dir"] / "explain" / f"{eid}.safetensors"})
                 elif kind == "mask_eval":
-                    for row in rows.to_dict("records"):
-                        me.append({**ids, "method": str(row["method"]), "fraction": float(row["fraction"]),
-                                   "accuracy": float(row["accuracy"])})
-                    for row in [] if summary is None else summary.to_dict("records"):
-                        for metric, value in row.items():
-                            if metric not in ("run", "method") and pd.notna(value):
-                                ms.append({**ids, "method": str(row["method"]), "metric": metric,
-                                           "value": float(value)})
+                    me += [{**ids, "method": row["method"], "fraction": row["fraction"], "accuracy": row["accuracy"]}
+                           for row in rows.to_dict("records")]
+                    ms += [{**ids, "method": row["method"], "metric": metric, "value": value}
+                           for row in ([] if summary is None else summary.to_dict("records"))
+                           for metric, value in row.items() if metric not in ("run", "method") and pd.notna(value)]
                 else:
-                    for row in rows.to_dict("records"):
-                        at.append({**ids, "method": str(row["method"]), "eps": float(row["eps"]),
-                                   "accuracy": float(row["accuracy"])})
+                    at += [{**ids, "method": row["method"], "eps": row["eps"], "accuracy": row["accuracy"]}
+                           for row in rows.to_dict("records")]
 
     # Readable ids for groups and evaluation configs, in a stable, meaningful order.
     order = sorted(gkeys, key=lambda g: (str(gkeys[g].get("dataset")), str(gkeys[g].get("model")),
@@ -229,7 +235,9 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
                                     for e in keys], columns=["eval", *vary])
 
     def frame(rows, cols, kind=None):
-        df = pd.DataFrame(rows, columns=cols)
+        # An evaluation repeated with a different method list measures the same thing twice.
+        df = pd.DataFrame(rows, columns=cols).drop_duplicates(subset=[c for c in cols if c not in (
+            "accuracy", "value", "train_loss", "train_acc", "test_acc", "train_seconds")], keep="last")
         df["group"] = df["group"].map(gid)
         if kind:
             df["eval"] = df["eval"].map(eid_map[kind])
@@ -311,7 +319,8 @@ def tables(rep: Report) -> dict[str, pd.DataFrame]:
     long = rep.runs.melt(id_vars=["run", "group"], value_vars=["test_acc", "train_seconds"], var_name="metric")
     out["training"] = _with_labels(rep, _pivot(long, ["group"], "metric", "value"))
     if not rep.mask_eval.empty:
-        acc = rep.mask_eval.assign(column=rep.mask_eval["fraction"].map(lambda f: f"{f:g}"))
+        acc = rep.mask_eval.sort_values("fraction", kind="stable")
+        acc = acc.assign(column=acc["fraction"].map(lambda f: f"{f:g}"))
         wide = _pivot(acc, ["group", "eval", "method"], "column", "accuracy")
         auc = rep.mask_summary[rep.mask_summary["metric"].isin(["auc", "auc_vs_random"])]
         if not auc.empty:
@@ -525,6 +534,8 @@ def plot_curves(rep: Report) -> list[tuple[str, str, bytes]]:
             for g in [g for g in rep.groups["group"] if g in set(d["group"])]:
                 _line(ax, stats[stats["group"] == g], "epoch", colors[g], TRAINER_STYLE.get(trainers[g], "-"),
                       labels[g], marker="o")
+            if col == "test_acc":  # a flat 1.0 would otherwise get a range of 0.96 to 1.04
+                ax.set_ylim(max(0.0, float(stats["mean"].min()) - 0.05), 1.01)
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)

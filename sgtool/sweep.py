@@ -34,7 +34,7 @@ import yaml
 
 from .config import NOT_HASHED, TrainConfig, config_hash, eval_hash, normalise_keys, resolve
 from .errors import UsageError, unknown_name
-from .store import CKPT, RUN, find_run, runs_root
+from .store import CKPT, RUN, find_run, lock_held, runs_root
 
 SECTIONS = ("description", "train", "mask_eval", "attack", "explain")
 EVAL_KINDS = ("mask_eval", "attack", "explain")  # the order a cell runs them in
@@ -263,13 +263,16 @@ STAGES = {"mask_eval": _mask_eval, "attack": _attack, "explain": _explain}
 
 
 def _train_state(run_dir: Path) -> str:
-    """'completed', 'partial' (a checkpoint to resume from) or 'new'."""
+    """'completed', 'running' (another process holds its lock), 'partial' (a checkpoint to
+    resume from) or 'new'."""
     try:
         status = json.loads((run_dir / RUN).read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         status = None
     if status == "completed":
         return "completed"
+    if status == "running" and lock_held(run_dir):
+        return "running"
     return "partial" if (run_dir / CKPT).is_file() else "new"
 
 
@@ -301,12 +304,14 @@ def run_sweep(path: str | Path, only: str | list[str] | None = None, dry_run: bo
     """Run (or, with dry_run, only list) every cell of the chosen experiments.
 
     Returns one summary row per cell: experiment, run, dataset, trainer, mask_frac, seed,
-    then train (trained | resumed | cached; dry run: todo | resume | cached), test_acc, a status
-    per evaluation kind (done | cached; dry run: todo | cached; None where the experiment does
-    not ask for it) and seconds. on_progress(event=...) is called with event "plan" (cells, steps), "stage"
-    (step, steps, cell, cells, experiment, run, stage), "inner" (completed, total, info) and
-    "cell" (row).
+    then train (trained | resumed | cached; dry run: todo | resume | cached | running elsewhere),
+    test_acc, a status per evaluation kind (done | cached; dry run: todo | cached; None where the
+    experiment does not ask for it) and seconds. on_progress(event=...) is called with event
+    "plan" (cells, steps), "stage" (step, steps, cell, cells, experiment, run, stage), "inner"
+    (completed, total, info) and "cell" (row).
     """
+    from .train import train_run
+
     cells = plan(path, only, runs_dir, data_dir, device)
     root = runs_root(runs_dir)
     if dry_run:
@@ -316,8 +321,6 @@ def run_sweep(path: str | Path, only: str | list[str] | None = None, dry_run: bo
     emit(event="plan", cells=len(cells), steps=steps)
     rows, step = [], 0
     for i, cell in enumerate(cells, 1):
-        from .train import train_run
-
         t0 = time.time()
         row = _row(cell)
         step += 1
@@ -342,7 +345,8 @@ def run_sweep(path: str | Path, only: str | list[str] | None = None, dry_run: bo
 
 def _dry_row(root: Path, cell: Cell) -> dict:
     state = _train_state(root / cell.run_id)
-    row = {**_row(cell), "train": {"completed": "cached", "partial": "resume", "new": "todo"}[state]}
+    row = {**_row(cell), "train": {"completed": "cached", "running": "running elsewhere", "partial": "resume",
+                                   "new": "todo"}[state]}
     for kind, ecfg in cell.evals.items():
         if kind == "attack":
             from .config import resolve_attack

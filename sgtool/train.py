@@ -109,18 +109,19 @@ def asgt_loss(model, x, y, cfg: TrainConfig, k: int):
     x_adv = run_attack(cfg.adv_attack, model, x, y, cfg.adv_eps, steps=cfg.adv_steps,
                        step_size=cfg.adv_step_size)  # (B, C, H, W), detached
     if cfg.saliency_pass == "eval":
-        g = input_gradient(model, x_adv, y)
+        g = input_gradient(model, x_adv, y)  # (B, C, H, W)
         model.train()
-        logits_adv = model(x_adv)
+        x_masked = mask_lowest(x_adv, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+        logits, logits_adv = forward_pair(model, x, x_adv)
+        logits_masked = model(x_masked)
     else:
         model.train()
         xr = x_adv.requires_grad_(True)
         logits_adv = model(xr)
         sel = F.log_softmax(logits_adv, 1).gather(1, y[:, None]).sum()
         (g,) = torch.autograd.grad(sel, xr, retain_graph=True)
-    logits = model(x)
-    x_masked = mask_lowest(x_adv.detach(), position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-    logits_masked = model(x_masked)
+        x_masked = mask_lowest(x_adv.detach(), position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+        logits, logits_masked = forward_pair(model, x, x_masked)
     ce = F.cross_entropy(logits, y)
     ce_adv = F.cross_entropy(logits_adv, y)
     div = kl(logits_masked, logits)  # KL(p(X~') || p(X))

@@ -148,6 +148,10 @@ def test_corrupt_and_half_written_are_skipped_with_warnings(store):
     sgt0 = root / ids[("sgt", 0)]
     (sgt0 / "mask_eval" / "aaaaaaaaaaaa.csv").write_text("garbage,\n\x00\x01")
     (sgt0 / "attack" / "cccccccccccc.csv").write_text("run,method,eps,accuracy,n\n")  # no .json yet
+    sgt1 = root / ids[("sgt", 1)]
+    (sgt1 / "attack" / "bbbbbbbbbbbb.csv").write_text("run,method,eps,accuracy,n\nx,pgd,0.1,lots,3\n")
+    std0 = root / ids[("standard", 0)]
+    (std0 / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")  # cut short
     std1 = root / ids[("standard", 1)]
     write_json(std1 / "run.json", {"status": "interrupted", "id": std1.name})
     rep = report.collect(root)
@@ -156,10 +160,13 @@ def test_corrupt_and_half_written_are_skipped_with_warnings(store):
     assert f"run {sgt0.name}: mask-eval aaaaaaaaaaaa is corrupt" in text
     assert f"run {sgt0.name}: attack cccccccccccc is incomplete" in text
     assert f"run {std1.name} is interrupted; left out" in text
-    assert len(rep.runs) == 3
+    assert f"run {sgt1.name}: attack bbbbbbbbbbbb is corrupt" in text
+    assert f"run {std0.name}: metrics.csv or run.json is corrupt" in text
+    assert len(rep.runs) == 2 and len(rep.groups) == 1  # the two sgt seeds
+    assert set(rep.attack["run"]) == {sgt0.name}
     # the rest still reports: the remaining sgt seed's mask-eval, everything in every format
     me = report.tables(rep)["mask_eval"]
-    assert me.loc[me["trainer"] == "sgt", "n"].tolist() == [1, 1]
+    assert me["n"].tolist() == [1, 1]  # grad and random of the one sgt seed whose mask-eval is intact
     for fmt in ("md", "html"):
         report.write_report(rep, fmt, store[0].parent / f"o-{fmt}")
 
@@ -187,9 +194,10 @@ def test_cli_report_table_and_html(store, tmp_path):
 
 def test_cli_report_bad_input(store, tmp_path):
     root, _ = store
+    (tmp_path / "empty").mkdir()
     for args, code, msg in [
         (["--runs-dir", str(tmp_path / "missing")], 1, "no runs in"),
-        (["--runs-dir", str(tmp_path)], 1, "no runs in"),
+        (["--runs-dir", str(tmp_path / "empty")], 1, "no runs in"),
         (["--runs-dir", str(root), "--format", "pdf"], 2, "unknown format 'pdf'"),
         (["--runs-dir", str(root), "--where", "bogus=1"], 2, "unknown --where key 'bogus'"),
         (["--runs-dir", str(root), "--where", "trainer=asgt"], 1, "match"),
