@@ -85,8 +85,7 @@ def _iterate(model, y, x_adv, lo, hi, steps: int, step_size: float, decay: float
                     xa.add_(g.sign(), alpha=step_size)
                 else:
                     xa.add_(g.sign_(), alpha=step_size)
-                torch.maximum(xa, ls, out=xa)
-                torch.minimum(xa, hs, out=xa)
+                torch.clamp(xa, ls, hs, out=xa)
     return x_adv
 
 
@@ -106,8 +105,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, st
         if random_start:
             x_adv = torch.rand(xs.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_adv.mul_(2 * eps).sub_(eps).add_(xs)
-            torch.maximum(x_adv, ls, out=x_adv)
-            torch.minimum(x_adv, hs, out=x_adv)
+            torch.clamp(x_adv, ls, hs, out=x_adv)
         else:
             x_adv = xs.clone()
         _iterate(model, ys, x_adv, ls, hs, steps, step_size)

@@ -115,3 +115,12 @@ def test_parse_errors_are_one_line_through_the_console_script(args):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--help" in lines[0], p.stderr
     assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_store_files_get_the_umask_mode(tmp_path):
+    import stat
+
+    from sgtool.store import UMASK, write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~UMASK
