@@ -1,6 +1,8 @@
 """sgtool: saliency guided training (SGT, ASGT) for PyTorch, and the evaluations that measure it.
 
-The public API is flat: everything a script needs is importable from `sgtool`.
+The public API is flat: everything a script needs is importable from `sgtool`. The modules that
+pull in heavy libraries (captum through the saliency methods, pandas and matplotlib through the
+report) are imported on first use, so `import sgtool` and the CLI start fast.
 """
 
 __version__ = "0.1.0"
@@ -9,13 +11,42 @@ from .config import TrainConfig, config_hash, make_config  # noqa: E402
 from .data import DATASETS, Data, load  # noqa: E402
 from .errors import SgtoolError, UsageError  # noqa: E402
 from .models import MODELS, build  # noqa: E402
-from .saliency import apply_mask, input_gradient, mask_lowest, position_score, rank_mask  # noqa: E402
+from .saliency import (  # noqa: E402
+    SALIENCY,
+    apply_mask,
+    get_saliency,
+    input_gradient,
+    mask_lowest,
+    position_score,
+    rank_mask,
+)
 from .store import find_run, list_runs, read_run, runs_root, select_runs  # noqa: E402
 from .train import LOSSES, accuracy, load_model, train_run  # noqa: E402
 
+# name -> module, imported when first asked for (PEP 562).
+_LAZY = {
+    "MaskEvalConfig": "config", "AttackConfig": "config",
+    "ATTACKS": "attacks", "get_attack": "attacks", "run_attack": "attacks",
+    "fgsm": "attacks", "pgd": "attacks", "mifgsm": "attacks",
+    "mask_eval": "evaluate", "attack_eval": "evaluate",
+    "saliency_precision_recall": "evaluate", "precision_at_gt": "evaluate",
+    "collect": "report", "tables": "report", "write_report": "report", "explain": "report",
+    "explain_run": "report", "ExplainConfig": "report",
+    "run_sweep": "sweep", "plan": "sweep", "load_experiments": "sweep",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sgtool' has no attribute '{name}'")
+
+
 __all__ = [
     "__version__", "TrainConfig", "config_hash", "make_config", "DATASETS", "Data", "load",
-    "SgtoolError", "UsageError", "MODELS", "build", "apply_mask", "input_gradient", "mask_lowest",
-    "position_score", "rank_mask", "find_run", "list_runs", "read_run", "runs_root", "select_runs",
-    "LOSSES", "accuracy", "load_model", "train_run",
+    "SgtoolError", "UsageError", "MODELS", "build", "SALIENCY", "apply_mask", "get_saliency",
+    "input_gradient", "mask_lowest", "position_score", "rank_mask", "find_run", "list_runs", "read_run",
+    "runs_root", "select_runs", "LOSSES", "accuracy", "load_model", "train_run", *_LAZY,
 ]

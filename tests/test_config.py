@@ -96,3 +96,12 @@ def test_mask_k():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().seed = 3
+
+
+def test_public_api_is_flat_and_every_name_resolves():
+    import sgtool
+
+    for name in sgtool.__all__:
+        assert getattr(sgtool, name) is not None, name
+    with pytest.raises(AttributeError):
+        sgtool.no_such_name  # noqa: B018
