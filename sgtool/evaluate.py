@@ -305,8 +305,6 @@ def _attack_warnings(acc: dict, methods, eps, fgsm_ref: dict, zero_share: float,
 
 
 def _read_attack_rows(path) -> list[dict]:
-    from .store import read_csv
-
     return [{"run": r["run"], "method": r["method"], "eps": float(r["eps"]), "accuracy": float(r["accuracy"]),
              "n": int(r["n"])} for r in read_csv(path)]
 
@@ -321,20 +319,10 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
     force. on_progress(done, total, method, eps) is called after each attacked batch.
     Returns {"id", "rows", "clean_accuracy", "warnings", "path", "cached", "examples"}.
     """
-    import dataclasses
-    import json
-    from datetime import datetime, timezone
-    from pathlib import Path
-
-    import torch
-
     from .attacks import predict, run_attack
-    from .config import eval_hash, resolve_attack
-    from .data import load
-    from .errors import SgtoolError
+    from .config import resolve_attack
     from .saliency import input_gradient
-    from .store import save_tensors, write_csv, write_json
-    from .train import load_model, pick_device
+    from .store import save_tensors
 
     cfg = resolve_attack(cfg, run["config"]["dataset"])
     eid = eval_hash(cfg, run["id"])
