@@ -8,16 +8,24 @@ an attack does not depend on the pixel values). The weights are a fresh seeded i
 or a stored run's with --run-dir.
 
     python benchmarks/attack_speed.py --repeats 5 [--data-dir ../shared/data] [--threads 2]
+
+OMP_WAIT_POLICY defaults to PASSIVE here (set it to ACTIVE to see the difference): with libgomp's
+active waiting, on a machine with more busy processes than cores, every OpenMP fork-join spins
+until its partner thread is scheduled again, and that waiting, not the attack, dominates the time
+(3x slower for both implementations in our measurements). Both run under the same policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads libgomp
+
+import torch  # noqa: E402
 
 
 def main() -> None:
@@ -77,7 +85,8 @@ def main() -> None:
         rates["torchattacks"].append(timed(lambda: theirs(x, y)))
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"PGD-{args.steps} on mnist-cnn, batch {len(x)} ({src}), device {dev}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats (medians)")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"{args.repeats} alternating repeats (medians)")
     for k, v in med.items():
         print(f"  {k:13s} {v:9.1f} images/s   (all: {', '.join(f'{r:.1f}' for r in rates[k])})")
     print(f"  ratio sgtool/torchattacks: {med['sgtool'] / med['torchattacks']:.3f}")

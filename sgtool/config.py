@@ -135,7 +135,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.trainer == "asgt":
         for k in ("eps", "steps", "step_size"):
             if d[f"adv_{k}"] is None:
-                d[f"adv_{k}"] = spec.attack[k]
+                d[f"adv_{k}"] = {**spec.attack, **spec.train_attack}[k]
     cfg = TrainConfig(**d)
     validate(cfg)
     return cfg

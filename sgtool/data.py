@@ -48,8 +48,11 @@ class DatasetSpec:
     std: tuple[float, ...]
     # Training defaults for this dataset: filled into the config where the user set nothing.
     defaults: dict = field(default_factory=dict)
-    # Attack defaults (eps, step size, steps) used by `sgtool attack` and by asgt training.
+    # Attack defaults (eps, step size, steps) used by `sgtool attack`.
     attack: dict = field(default_factory=dict)
+    # The asgt trainer's attack defaults, where they differ from `attack`: an attack runs on
+    # every training batch, so it takes fewer, larger steps within the same eps.
+    train_attack: dict = field(default_factory=dict)
 
 
 def default_data_dir() -> Path:
@@ -305,6 +308,7 @@ _MNIST_TRAIN = dict(
     model="mnist-cnn", epochs=3, batch_size=64, optimizer="adadelta", lr=1.0,
 )
 _MNIST_ATTACK = dict(eps=0.3, step_size=0.01, steps=40)
+_MNIST_TRAIN_ATTACK = dict(eps=0.3, step_size=0.05, steps=10)
 
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(
@@ -314,12 +318,13 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "mnist": DatasetSpec(
         _idx_loader("mnist", MNIST_FILES, [str(i) for i in range(10)]), (1, 28, 28), 10,
-        (0.1307,), (0.3081,), defaults=_MNIST_TRAIN, attack=_MNIST_ATTACK,
+        (0.1307,), (0.3081,), defaults=_MNIST_TRAIN, attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK,
     ),
     "fashion-mnist": DatasetSpec(
         _idx_loader("fashion-mnist", FASHION_FILES,
                     ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]),
         (1, 28, 28), 10, (0.2860,), (0.3530,), defaults=_MNIST_TRAIN, attack=_MNIST_ATTACK,
+        train_attack=_MNIST_TRAIN_ATTACK,
     ),
     "cifar10": DatasetSpec(
         load_cifar10, (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),

@@ -105,3 +105,10 @@ def test_public_api_is_flat_and_every_name_resolves():
         assert getattr(sgtool, name) is not None, name
     with pytest.raises(AttributeError):
         sgtool.no_such_name  # noqa: B018
+
+
+def test_asgt_training_attack_defaults_are_cheaper_than_evaluation_on_mnist():
+    cfg = make_config(dataset="mnist", trainer="asgt")
+    assert (cfg.adv_eps, cfg.adv_steps, cfg.adv_step_size) == (0.3, 10, 0.05)
+    assert make_config(dataset="synthetic", trainer="asgt").adv_steps == 20  # shares the attack defaults
+    assert make_config(dataset="mnist", trainer="asgt", adv_steps=40).adv_steps == 40
