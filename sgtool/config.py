@@ -99,16 +99,22 @@ def normalise_keys(d: dict, where: str) -> dict:
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: str, hint: str = ""):
+    """A YAML file's document, or one line saying it is missing or malformed (and where)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} not found")
+        raise UsageError(f"{kind} file {path} not found")
     try:
-        d = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}: malformed YAML{at}; fix the file or drop --config") from None
+        raise UsageError(f"{path}: malformed YAML{at}{hint}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    d = read_yaml(path, "config", "; fix the file or drop --config")
     if d is None:
         return {}
     if not isinstance(d, dict):

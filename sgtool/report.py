@@ -455,15 +455,21 @@ def _eval_title(rep: Report, kind: str, eid: str) -> str:
     return ", ".join(f"{k} {row[k].iloc[0]}" for k in row.columns[1:])
 
 
+def _plot_setup(rep: Report, frame):
+    """What every per-group plot needs: colour, label and trainer per group, and the frame with
+    each row's dataset, so that plots split by dataset."""
+    g = rep.groups
+    return (_group_colors(rep), dict(zip(g["group"], g["label"])), dict(zip(g["group"], g["trainer"])),
+            frame.assign(dataset=frame["group"].map(_dataset_of(rep))))
+
+
 def plot_mask_eval(rep: Report) -> list[tuple[str, str, bytes]]:
     """Accuracy-drop curves, one panel per saliency method (paper Figure 3): each model's curve
     in its colour, standard solid, SGT dashed; that model's random-removal curve dotted."""
     out = []
     if rep.mask_eval.empty:
         return out
-    colors, labels, trainers = _group_colors(rep), dict(zip(rep.groups["group"], rep.groups["label"])), dict(
-        zip(rep.groups["group"], rep.groups["trainer"]))
-    df = rep.mask_eval.assign(dataset=rep.mask_eval["group"].map(_dataset_of(rep)))
+    colors, labels, trainers, df = _plot_setup(rep, rep.mask_eval)
     for (dataset, eid), d in df.groupby(["dataset", "eval"], sort=False):
         stats = _mean_std(d, ["group", "method"], "fraction", "accuracy")
         methods = [m for m in dict.fromkeys(d["method"]) if m != "random"] or ["random"]
@@ -494,9 +500,7 @@ def plot_robustness(rep: Report) -> list[tuple[str, str, bytes]]:
     out = []
     if rep.attack.empty:
         return out
-    colors, labels, trainers = _group_colors(rep), dict(zip(rep.groups["group"], rep.groups["label"])), dict(
-        zip(rep.groups["group"], rep.groups["trainer"]))
-    df = rep.attack.assign(dataset=rep.attack["group"].map(_dataset_of(rep)))
+    colors, labels, trainers, df = _plot_setup(rep, rep.attack)
     for (dataset, eid), d in df.groupby(["dataset", "eval"], sort=False):
         clean = d[d["method"] == "clean"]
         methods = [m for m in dict.fromkeys(d["method"]) if m not in ("clean", "worst")]

@@ -30,9 +30,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
-from .config import NOT_HASHED, TrainConfig, config_hash, eval_hash, normalise_keys, resolve
+from .config import NOT_HASHED, TrainConfig, config_hash, eval_hash, normalise_keys, read_yaml, resolve
 from .errors import UsageError, unknown_name
 from .store import CKPT, RUN, find_run, lock_held, runs_root
 
@@ -179,13 +177,7 @@ def _grid(train, where: str) -> list[dict]:
 def load_experiments(path: str | Path) -> dict[str, dict]:
     """The experiments in the file, checked key by key; errors name the experiment and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"experiments file {path} not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UsageError(f"{path}: malformed YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    doc = read_yaml(path, "experiments")
     if not isinstance(doc, dict) or not doc:
         raise UsageError(f"{path}: expected a mapping of experiment names to experiments")
     out = {}
