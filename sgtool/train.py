@@ -13,13 +13,14 @@ import time
 from datetime import datetime, timezone
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
 from .config import TrainConfig, config_hash, mask_k, to_dict
 from .data import get_dataset, load
 from .errors import SgtoolError
-from .models import build
+from .models import Normalize, build
 from .saliency import input_gradient, mask_lowest, position_score
 from .store import (
     CKPT,
@@ -63,28 +64,80 @@ def forward_pair(model, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor,
     return model(torch.cat([a, b])).chunk(2)
 
 
+# Layers that compute the same thing in train and eval mode. A model's leading run of them (its
+# "trunk") gives the same activations in both modes, so the eval-mode saliency pass and the
+# train-mode forward can share it.
+MODE_FREE = (Normalize, nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid,
+             nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveMaxPool2d,
+             nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+
+
+def split_trunk(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(trunk, head): the model's layers (nested Sequentials flattened) cut before the first
+    layer that is not in MODE_FREE (Dropout, BatchNorm, any custom module). Running trunk then
+    head is running the model."""
+    flat: list[nn.Module] = []
+
+    def walk(m):
+        if type(m) is nn.Sequential:
+            for child in m:
+                walk(child)
+        else:
+            flat.append(m)
+
+    walk(model)
+    i = next((j for j, m in enumerate(flat) if not isinstance(m, MODE_FREE)), len(flat))
+    return flat[:i], flat[i:]
+
+
+def _run(layers: list[nn.Module], h: torch.Tensor) -> torch.Tensor:
+    for m in layers:
+        h = m(h)
+    return h
+
+
+def saliency_and_logits(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, logits): g = d log p(y|x)/dx with the model in eval mode (the authors' saliency,
+    dropout off) and the train-mode logits of x, sharing one forward pass of the model's
+    mode-free trunk (on mnist-cnn: both convolutions and the max-pool, nearly all of its cost).
+    Only the head runs twice, once per mode. The numbers are those of a separate eval pass
+    followed by a train-mode forward; a model with no trunk gets exactly that."""
+    trunk, head = split_trunk(model)
+    if not trunk:
+        model.eval()
+        g = input_gradient(model, x, y)  # (B, C, H, W)
+        model.train()
+        return g, model(x)
+    xr = x.detach().requires_grad_(True)
+    h = _run(trunk, xr)  # (B, ...) shared by both modes, with its graph
+    for m in head:
+        m.eval()
+    logp = F.log_softmax(_run(head, h), 1)  # (B, classes), eval mode
+    for m in head:
+        m.train()
+    (g,) = torch.autograd.grad(logp.gather(1, y[:, None]).sum(), xr, retain_graph=True)
+    return g, _run(head, h)
+
+
 def sgt_loss(model, x, y, cfg: TrainConfig, k: int):
     """Algorithm 1 of Ismail et al. 2021: CE(f(X), y) + λ·KL(p(X) || p(X~)).
 
     X~ is X with the k lowest-saliency positions (input gradient of log p(y|x), averaged over
     channels) replaced in every channel. The clean branch is not detached.
-    saliency_pass="eval": the authors' scheme, a separate eval-mode pass (dropout off).
-    saliency_pass="shared": the gradient is taken from the training forward pass itself,
-    saving one forward pass; dropout is then active in the saliency.
+    saliency_pass="eval": the authors' scheme, the saliency with the model in eval mode
+    (dropout off); the eval and train passes share the mode-free trunk (saliency_and_logits).
+    saliency_pass="shared": the gradient is taken from the training forward pass itself;
+    dropout is then active in the saliency.
     """
     if cfg.saliency_pass == "eval":
-        model.eval()
-        g = input_gradient(model, x, y)  # (B, C, H, W)
-        model.train()
-        x_masked = mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-        logits, logits_masked = forward_pair(model, x, x_masked)
+        g, logits = saliency_and_logits(model, x, y)  # (B, C, H, W), (B, classes)
     else:
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
         sel = F.log_softmax(logits, 1).gather(1, y[:, None]).sum()
         (g,) = torch.autograd.grad(sel, xr, retain_graph=True)
-        x_masked = mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-        logits_masked = model(x_masked)
+    x_masked = mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+    logits_masked = model(x_masked)
     ce = F.cross_entropy(logits, y)
     div = kl(logits, logits_masked)
     return ce + cfg.kl_weight * div, logits, {"ce": ce.item(), "kl": div.item()}
@@ -108,14 +161,12 @@ def asgt_loss(model, x, y, cfg: TrainConfig, k: int):
     model.eval()
     x_adv = run_attack(cfg.adv_attack, model, x, y, cfg.adv_eps, steps=cfg.adv_steps,
                        step_size=cfg.adv_step_size)  # (B, C, H, W), detached
+    model.train()
     if cfg.saliency_pass == "eval":
-        g = input_gradient(model, x_adv, y)  # (B, C, H, W)
-        model.train()
+        g, logits_adv = saliency_and_logits(model, x_adv, y)  # shares the trunk pass of X'
         x_masked = mask_lowest(x_adv, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-        logits, logits_adv = forward_pair(model, x, x_adv)
-        logits_masked = model(x_masked)
+        logits, logits_masked = forward_pair(model, x, x_masked)
     else:
-        model.train()
         xr = x_adv.requires_grad_(True)
         logits_adv = model(xr)
         sel = F.log_softmax(logits_adv, 1).gather(1, y[:, None]).sum()

@@ -66,6 +66,44 @@ def test_shared_pass_gives_same_loss_without_dropout():
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
+def test_split_trunk_stops_at_the_first_mode_dependent_layer():
+    from sgtool.models import build
+    from sgtool.train import split_trunk
+
+    trunk, head = split_trunk(build("mnist-cnn", "mnist"))
+    assert [type(m).__name__ for m in trunk] == ["Normalize", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"]
+    assert isinstance(head[0], nn.Dropout)
+    trunk, head = split_trunk(build("resnet20", "cifar10"))  # BatchNorm inside: nothing shared
+    assert [type(m).__name__ for m in trunk] == ["Normalize"] and len(head) == 1
+    trunk, head = split_trunk(build("mlp", "synthetic"))  # no mode-dependent layer at all
+    assert head == []
+
+
+def test_shared_trunk_gives_the_eval_saliency_and_train_logits():
+    """saliency_and_logits = a separate eval-mode input gradient + a train-mode forward."""
+    from sgtool.models import build
+    from sgtool.saliency import input_gradient
+    from sgtool.train import saliency_and_logits
+
+    torch.manual_seed(0)
+    net = build("mnist-cnn", "mnist").train()  # conv trunk, dropout head
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 10
+    torch.manual_seed(5)
+    g, logits = saliency_and_logits(net, x, y)
+    assert net.training and all(m.training for m in net.modules())
+    net.eval()
+    g_ref = input_gradient(net, x, y)
+    net.train()
+    torch.manual_seed(5)  # the same dropout draws
+    logits_ref = net(x)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+    # Dropout is active in the returned logits and not in the saliency.
+    net.eval()
+    assert not torch.allclose(logits, net(x))
+
+
 def test_standard_loss_is_cross_entropy():
     model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
@@ -147,3 +185,15 @@ def test_lock_refuses_a_second_trainer(tmp_path):
         with pytest.raises(SgtoolError, match="being trained by another process"):
             with run_lock(d):
                 pass
+
+
+def test_tune_malloc_takes_on_glibc():
+    import platform
+
+    import sgtool
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc tuning is for glibc only")
+    if os.environ.get("SGTOOL_MALLOC") == "default":
+        pytest.skip("opted out with SGTOOL_MALLOC=default")
+    assert sgtool.tune_malloc() is True
