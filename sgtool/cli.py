@@ -5,6 +5,7 @@ stderr with exit code 2 (usage) or 1 (runtime), never a traceback."""
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 import sys
 from pathlib import Path
@@ -89,6 +90,44 @@ def train_flags(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+# The training flags by which mask-eval, attack and explain find a run (the hash of that training
+# config) in place of RUN ids. train's --batch-size and --seed are --train-batch-size and
+# --train-seed there, because attack and mask-eval have a batch size and a seed of their own.
+TrainBatch = Annotated[int | None, typer.Option("--train-batch-size", help="select the run trained with this --batch-size")]
+TrainSeed = Annotated[int | None, typer.Option("--train-seed", help="select the run trained with this --seed")]
+SELECT = {
+    "dataset": (Dataset, "dataset"), "model": (Model, "model"), "trainer": (Trainer, "trainer"),
+    "mask_frac": (MaskFrac, "mask_frac"), "kl_weight": (KlWeight, "kl_weight"), "mask_fill": (MaskFill, "mask_fill"),
+    "saliency_sign": (SalSign, "saliency_sign"), "saliency_pass": (SalPass, "saliency_pass"),
+    "adv_attack": (AdvAttack, "adv_attack"), "adv_eps": (AdvEps, "adv_eps"), "adv_steps": (AdvSteps, "adv_steps"),
+    "adv_step_size": (AdvStep, "adv_step_size"), "epochs": (Epochs, "epochs"), "lr": (Lr, "lr"),
+    "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
+    "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
+}
+
+
+def selects_runs(fn):
+    """Add the SELECT flags and --config to a command whose first parameter is `run_ids`, and
+    hand it `runs(runs_dir)`: the selected runs, by id prefixes or by those training flags."""
+    sig = inspect.signature(fn, eval_str=True)  # this module's annotations are strings (PEP 563)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
+             for name, (ann, _) in SELECT.items()]
+    extra.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .store import runs_root, select_runs
+
+        flags = train_flags(**{key: kwargs.pop(name) for name, (_, key) in SELECT.items()})
+        config, run_ids = kwargs.pop("config"), kwargs.pop("run_ids")
+        return fn(*args, runs=lambda runs_dir: select_runs(runs_root(runs_dir), run_ids, flags, config), **kwargs)
+
+    params = [p for p in sig.parameters.values() if p.name != "runs"]
+    wrapper.__signature__ = sig.replace(parameters=[*params, *extra])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
 @app.command()
 @handle_errors
 def train(
@@ -156,6 +195,7 @@ def runs(runs_dir: RunsDir = None):
 
 @app.command("mask-eval")
 @handle_errors
+@selects_runs
 def mask_eval_cmd(
     run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (unique prefixes); or select one run by its training flags")] = None,
     method: Annotated[str | None, typer.Option("--method", help="comma-separated: grad, smoothgrad, ig, deeplift, gradshap, deepliftshap, inputxgrad, guided-backprop, occlusion, random \\[grad,smoothgrad,ig,deeplift,gradshap,deepliftshap,random]")] = None,
@@ -168,30 +208,17 @@ def mask_eval_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="evaluation batch size \\[250]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the fill, the random baseline and the methods' noise \\[0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="evaluate again even if cached")] = False,
-    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
-    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
-    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
-    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None, lr: Lr = None,
-    optimizer: Optim = None, train_size: TrainSize = None, test_size: TestSize = None,
-    train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="select the run trained with this --batch-size")] = None,
-    train_seed: Annotated[int | None, typer.Option("--train-seed", help="select the run trained with this --seed")] = None,
-    config: ConfigFile = None, data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+    data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None, *, runs,
 ):
     """Accuracy drop as each run's most salient features are removed, per saliency method; deletion
     and insertion AUC; saliency precision and recall against ground truth where the data has it."""
     from .config import mask_eval_config
     from .evaluate import mask_eval
-    from .store import runs_root, select_runs
 
-    flags = train_flags(dataset=dataset, model=model, trainer=trainer, mask_frac=mask_frac, kl_weight=kl_weight,
-                        mask_fill=mask_fill, saliency_sign=saliency_sign, saliency_pass=saliency_pass,
-                        adv_attack=adv_attack, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size,
-                        epochs=epochs, lr=lr, optimizer=optimizer, train_size=train_size, test_size=test_size,
-                        batch_size=train_batch_size, seed=train_seed)
     cfg = mask_eval_config(methods=method, fractions=fractions, order=order, fill=fill, target=target,
                            baseline=baseline, limit=limit, batch_size=batch_size, seed=seed,
                            data_dir=data_dir, device=device)
-    for run in select_runs(runs_root(runs_dir), run_ids, flags, config):
+    for run in runs(runs_dir):
         with progress_bar() as bar:
             task = bar.add_task(f"mask-eval {run['id']}", total=None, info="")
 
@@ -199,6 +226,7 @@ def mask_eval_cmd(
                 bar.update(task, completed=done, total=total, info=method)
 
             res = mask_eval(run, cfg, force=force, on_progress=show)
+            bar.update(task, visible=not res["cached"])
         print_mask_eval(run, res, cfg)
 
 
@@ -228,6 +256,7 @@ def print_mask_eval(run: dict, res: dict, cfg) -> None:
 
 @app.command("attack")
 @handle_errors
+@selects_runs
 def attack_cmd(
     run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (unique prefixes); or select one run by its training flags")] = None,
     method: Annotated[str | None, typer.Option("--method", help="comma-separated: fgsm, pgd, mifgsm \\[pgd]")] = None,
@@ -243,30 +272,17 @@ def attack_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="seed of pgd's random starts \\[0]")] = None,
     save_examples: Annotated[bool, typer.Option("--save-examples", help="also write the adversarial examples (safetensors)")] = False,
     force: Annotated[bool, typer.Option("--force", help="attack again even if cached")] = False,
-    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
-    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
-    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
-    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None, lr: Lr = None,
-    optimizer: Optim = None, train_size: TrainSize = None, test_size: TestSize = None,
-    train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="select the run trained with this --batch-size")] = None,
-    train_seed: Annotated[int | None, typer.Option("--train-seed", help="select the run trained with this --seed")] = None,
-    config: ConfigFile = None, data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+    data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None, *, runs,
 ):
     """Robust accuracy under FGSM, PGD and MI-FGSM for each eps, and the per-sample worst case
     over the methods; the model is attacked in eval mode unless --train-mode."""
     from .config import attack_config
     from .evaluate import attack_eval
-    from .store import runs_root, select_runs
 
-    flags = train_flags(dataset=dataset, model=model, trainer=trainer, mask_frac=mask_frac, kl_weight=kl_weight,
-                        mask_fill=mask_fill, saliency_sign=saliency_sign, saliency_pass=saliency_pass,
-                        adv_attack=adv_attack, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size,
-                        epochs=epochs, lr=lr, optimizer=optimizer, train_size=train_size, test_size=test_size,
-                        batch_size=train_batch_size, seed=train_seed)
     cfg = attack_config(methods=method, eps=eps, steps=steps, step_size=step_size, restarts=restarts, decay=decay,
                         random_start=random_start, train_mode=train_mode, limit=limit, batch_size=batch_size,
                         seed=seed, data_dir=data_dir, device=device)
-    for run in select_runs(runs_root(runs_dir), run_ids, flags, config):
+    for run in runs(runs_dir):
         with progress_bar() as bar:
             task = bar.add_task(f"attack {run['id']}", total=None, info="")
 
@@ -314,31 +330,23 @@ def parse_list(text: str | None, flag: str, cast=str) -> list | None:
 
 @app.command()
 @handle_errors
+@selects_runs
 def explain(
     run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (prefixes); or select one run by its training flags")] = None,
     method: Annotated[str, typer.Option("--method", help="saliency methods, comma-separated")] = "grad",
     n: Annotated[int, typer.Option("--n", help="number of test samples (the first N)")] = 8,
     index: Annotated[str | None, typer.Option("--index", help="test sample indices I,J,... instead of --n")] = None,
     out: Annotated[Path, typer.Option("--out", help="the PNG to write; the raw maps go next to it (.safetensors)")] = Path("explain.png"),
-    dataset: Dataset = None, model: Model = None, trainer: Trainer = None, mask_frac: MaskFrac = None,
-    kl_weight: KlWeight = None, mask_fill: MaskFill = None, saliency_sign: SalSign = None,
-    saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
-    adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
-    train_size: TrainSize = None, test_size: TestSize = None, config: ConfigFile = None,
-    data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None,
+    data_dir: DataDir = None, runs_dir: RunsDir = None, device: Device = None, *, runs,
 ):
     """Saliency maps of runs side by side: one row per sample, one column per (run, method)."""
-    flags = {k: v for k, v in locals().items()
-             if k not in ("run_ids", "method", "n", "index", "out", "config", "data_dir", "runs_dir", "device")}
     from .report import explain as explain_maps
-    from .store import runs_root, select_runs
 
     methods = parse_list(method, "--method")
     indices = parse_list(index, "--index", int)
-    runs = select_runs(runs_root(runs_dir), run_ids, train_flags(**flags), config)
-    with err_console.status(f"saliency of {len(runs)} run(s) x {len(methods)} method(s)"):
-        res = explain_maps(runs, methods, n=n, indices=indices, out=out, data_dir=data_dir, device=device or "auto")
+    selected = runs(runs_dir)
+    with err_console.status(f"saliency of {len(selected)} run(s) x {len(methods)} method(s)"):
+        res = explain_maps(selected, methods, n=n, indices=indices, out=out, data_dir=data_dir, device=device or "auto")
     w, h = res["size"]
     console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px) and the raw maps {res['maps']}", highlight=False,
                   soft_wrap=True)

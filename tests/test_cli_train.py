@@ -124,3 +124,21 @@ def test_store_files_get_the_umask_mode(tmp_path):
 
     write_json(tmp_path / "x.json", {"a": 1})
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~UMASK
+
+
+@pytest.mark.parametrize("command", ["mask-eval", "attack", "explain"])
+def test_evaluation_commands_select_a_run_by_its_training_flags(tmp_path, command):
+    """The selection flags (added by cli.selects_runs) reach the store: the trained run is found
+    by its flags, with --train-seed standing for train's --seed, and a wrong seed finds nothing."""
+    assert invoke("train", *TINY, "--trainer", "standard", "--seed", "3", "--runs-dir", tmp_path).exit_code == 0
+    (run_id,) = [p.name for p in tmp_path.iterdir()]
+    extra = {"mask-eval": ["--method", "grad", "--fractions", "0,0.5", "--limit", "8"],
+             "attack": ["--method", "fgsm", "--eps", "0.1", "--limit", "8"],
+             "explain": ["--n", "2", "--out", tmp_path / "e.png"]}[command]
+    select = ["--model", "mlp", "--train-size", "128", "--test-size", "32", "--epochs", "1", "--trainer", "standard"]
+    r = invoke(command, *select, "--train-seed", "3", *extra, "--runs-dir", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert command == "explain" or run_id in r.output
+    miss = invoke(command, *select, "--train-seed", "4", *extra, "--runs-dir", tmp_path)
+    assert miss.exit_code != 0 and "Traceback" not in miss.output
+    assert len(miss.output.strip().splitlines()) == 1, miss.output
