@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 from .config import TrainConfig, config_hash, make_config  # noqa: E402
 from .data import DATASETS, Data, load  # noqa: E402
 from .errors import SgtoolError, UsageError  # noqa: E402
-from .models import MODELS, build  # noqa: E402
+from .models import MODELS, build, freeze  # noqa: E402
 from .saliency import (  # noqa: E402
     SALIENCY,
     apply_mask,
@@ -78,7 +78,7 @@ def __getattr__(name):
 
 __all__ = [
     "__version__", "TrainConfig", "config_hash", "make_config", "DATASETS", "Data", "load",
-    "SgtoolError", "UsageError", "MODELS", "build", "SALIENCY", "apply_mask", "get_saliency",
+    "SgtoolError", "UsageError", "MODELS", "build", "freeze", "SALIENCY", "apply_mask", "get_saliency",
     "input_gradient", "mask_lowest", "position_score", "rank_mask", "find_run", "list_runs", "read_run",
     "runs_root", "select_runs", "LOSSES", "accuracy", "load_model", "train_run", "tune_malloc", *_LAZY,
 ]

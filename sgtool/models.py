@@ -114,6 +114,14 @@ MODELS = {
 }
 
 
+def freeze(model: nn.Module) -> nn.Module:
+    """`model` made ready for work that needs input gradients only (saliency, attacks), in place:
+    parameters frozen, so autograd neither tracks nor saves what their gradients would need, and
+    the channels-last layout, in which oneDNN's CPU convolutions run faster (mnist-cnn: forward
+    ~1.4x, DeepLift ~1.5x, PGD ~1.2x); results agree with the default layout to float rounding."""
+    return model.requires_grad_(False).to(memory_format=torch.channels_last)
+
+
 def build(name: str, dataset: str) -> nn.Module:
     """Model `name` for `dataset`, with normalisation as layer 0: Sequential(Normalize, net)."""
     from .data import get_dataset

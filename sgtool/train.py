@@ -211,7 +211,9 @@ def train_step(model, opt, loss_fn, x, y, cfg: TrainConfig, k: int):
     """One optimiser step on batch (x, y): the whole of what a trainer changes is loss_fn."""
     loss, logits, parts = loss_fn(model, x, y, cfg, k)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    # Only the parameters: the SGT/ASGT graphs start at an input that required grad (for the
+    # saliency), and naming the inputs keeps autograd from computing its gradient again.
+    loss.backward(inputs=[p for g in opt.param_groups for p in g["params"] if p.requires_grad])
     opt.step()
     return loss, logits, parts
 
