@@ -41,3 +41,24 @@ def test_mnist_cnn_is_the_authors_network():
                      "Dropout", "Linear"]
     assert net[0].out_channels == 32 and net[2].out_channels == 64 and net[7].out_features == 128
     assert net[5].p == 0.25 and net[9].p == 0.5
+
+
+@pytest.mark.parametrize("name, dataset", [("mnist-cnn", "mnist"), ("resnet20", "cifar10")])
+def test_freeze_keeps_outputs_and_input_gradients(name, dataset):
+    """freeze: no parameter requires grad, convolution weights are channels-last, and logits and
+    input gradients match the unfrozen model to float rounding."""
+    import copy
+
+    from sgtool.models import freeze
+    from sgtool.saliency import input_gradient
+
+    torch.manual_seed(0)
+    model = build(name, dataset).eval()
+    frozen = freeze(copy.deepcopy(model))
+    assert not any(p.requires_grad for p in frozen.parameters())
+    conv = next(m for m in frozen.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, *DATASETS[dataset].shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(4)
+    torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(input_gradient(frozen, x, y), input_gradient(model, x, y), rtol=1e-3, atol=1e-6)
