@@ -96,12 +96,18 @@ def _run(layers: list[nn.Module], h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def saliency_and_logits(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, logits): g = d log p(y|x)/dx with the model in eval mode (the authors' saliency,
-    dropout off) and the train-mode logits of x, sharing one forward pass of the model's
-    mode-free trunk (on mnist-cnn: both convolutions and the max-pool, nearly all of its cost).
-    Only the head runs twice, once per mode. The numbers are those of a separate eval pass
-    followed by a train-mode forward; a model with no trunk gets exactly that."""
+def _label_grad(logits: torch.Tensor, y: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+    """d sum_i log p(y_i | x_i) / d xr, keeping the graph for the loss's own backward."""
+    sel = F.log_softmax(logits, 1).gather(1, y[:, None]).sum()
+    return torch.autograd.grad(sel, xr, retain_graph=True)[0]
+
+
+def eval_pass(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """saliency_pass="eval": (g, logits), g = d log p(y|x)/dx with the model in eval mode (the
+    authors' saliency, dropout off) and the train-mode logits of x, sharing one forward pass of
+    the model's mode-free trunk (on mnist-cnn: both convolutions and the max-pool, nearly all of
+    its cost). Only the head runs twice, once per mode. The numbers are those of a separate eval
+    pass followed by a train-mode forward; a model with no trunk gets exactly that."""
     trunk, head = split_trunk(model)
     if not trunk:
         model.eval()
@@ -112,11 +118,21 @@ def saliency_and_logits(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     h = _run(trunk, xr)  # (B, ...) shared by both modes, with its graph
     for m in head:
         m.eval()
-    logp = F.log_softmax(_run(head, h), 1)  # (B, classes), eval mode
+    logits_eval = _run(head, h)  # (B, classes)
     for m in head:
         m.train()
-    (g,) = torch.autograd.grad(logp.gather(1, y[:, None]).sum(), xr, retain_graph=True)
-    return g, _run(head, h)
+    return _label_grad(logits_eval, y, xr), _run(head, h)
+
+
+def shared_pass(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """saliency_pass="shared": (g, logits) from the training forward pass itself, so dropout is
+    active in the saliency."""
+    xr = x.detach().requires_grad_(True)
+    logits = model(xr)  # (B, classes), train mode
+    return _label_grad(logits, y, xr), logits
+
+
+SALIENCY_PASSES = {"eval": eval_pass, "shared": shared_pass}
 
 
 def sgt_loss(model, x, y, cfg: TrainConfig, k: int):
@@ -125,17 +141,11 @@ def sgt_loss(model, x, y, cfg: TrainConfig, k: int):
     X~ is X with the k lowest-saliency positions (input gradient of log p(y|x), averaged over
     channels) replaced in every channel. The clean branch is not detached.
     saliency_pass="eval": the authors' scheme, the saliency with the model in eval mode
-    (dropout off); the eval and train passes share the mode-free trunk (saliency_and_logits).
+    (dropout off), sharing the mode-free trunk with the training forward (eval_pass).
     saliency_pass="shared": the gradient is taken from the training forward pass itself;
-    dropout is then active in the saliency.
+    dropout is then active in the saliency (shared_pass).
     """
-    if cfg.saliency_pass == "eval":
-        g, logits = saliency_and_logits(model, x, y)  # (B, C, H, W), (B, classes)
-    else:
-        xr = x.detach().requires_grad_(True)
-        logits = model(xr)
-        sel = F.log_softmax(logits, 1).gather(1, y[:, None]).sum()
-        (g,) = torch.autograd.grad(sel, xr, retain_graph=True)
+    g, logits = SALIENCY_PASSES[cfg.saliency_pass](model, x, y)  # (B, C, H, W), (B, classes)
     x_masked = mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
     logits_masked = model(x_masked)
     ce = F.cross_entropy(logits, y)
@@ -162,17 +172,9 @@ def asgt_loss(model, x, y, cfg: TrainConfig, k: int):
     x_adv = run_attack(cfg.adv_attack, model, x, y, cfg.adv_eps, steps=cfg.adv_steps,
                        step_size=cfg.adv_step_size)  # (B, C, H, W), detached
     model.train()
-    if cfg.saliency_pass == "eval":
-        g, logits_adv = saliency_and_logits(model, x_adv, y)  # shares the trunk pass of X'
-        x_masked = mask_lowest(x_adv, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-        logits, logits_masked = forward_pair(model, x, x_masked)
-    else:
-        xr = x_adv.requires_grad_(True)
-        logits_adv = model(xr)
-        sel = F.log_softmax(logits_adv, 1).gather(1, y[:, None]).sum()
-        (g,) = torch.autograd.grad(sel, xr, retain_graph=True)
-        x_masked = mask_lowest(x_adv.detach(), position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
-        logits, logits_masked = forward_pair(model, x, x_masked)
+    g, logits_adv = SALIENCY_PASSES[cfg.saliency_pass](model, x_adv, y)  # the saliency of X'
+    x_masked = mask_lowest(x_adv, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+    logits, logits_masked = forward_pair(model, x, x_masked)
     ce = F.cross_entropy(logits, y)
     ce_adv = F.cross_entropy(logits_adv, y)
     div = kl(logits_masked, logits)  # KL(p(X~') || p(X))

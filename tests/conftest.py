@@ -18,3 +18,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"real MNIST not found at {SHARED_DATA / 'mnist'}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For the attack and ASGT modules (pytestmark): tiny tensors gain nothing from intra-op
+    threads, and on a loaded machine the OpenMP barriers of two threads make each op wait for
+    a time slice (100x slower here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,13 +14,7 @@ from sgtool.cli import app
 from sgtool.config import TrainConfig
 from sgtool.train import asgt_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 CFG = TrainConfig(trainer="asgt", adv_attack="fgsm", adv_eps=0.1, adv_steps=1, adv_step_size=0.1,

@@ -20,12 +20,7 @@ runner = CliRunner()
 FAST = AttackConfig(methods=("fgsm", "pgd", "mifgsm"), eps=(0.0, 0.1, 0.3), steps=3, step_size=0.1, limit=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ from sgtool.attacks import ATTACKS, get_attack, predict, run_attack
 from sgtool.errors import UsageError
 from sgtool.models import build
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine the OpenMP
-    barriers of two threads make each op wait for a time slice (100x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 PARAMS = dict(steps=5, step_size=0.02, restarts=2, decay=1.0, random_start=True)

@@ -80,17 +80,17 @@ def test_split_trunk_stops_at_the_first_mode_dependent_layer():
 
 
 def test_shared_trunk_gives_the_eval_saliency_and_train_logits():
-    """saliency_and_logits = a separate eval-mode input gradient + a train-mode forward."""
+    """eval_pass = a separate eval-mode input gradient + a train-mode forward."""
     from sgtool.models import build
     from sgtool.saliency import input_gradient
-    from sgtool.train import saliency_and_logits
+    from sgtool.train import eval_pass
 
     torch.manual_seed(0)
     net = build("mnist-cnn", "mnist").train()  # conv trunk, dropout head
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     y = torch.arange(8) % 10
     torch.manual_seed(5)
-    g, logits = saliency_and_logits(net, x, y)
+    g, logits = eval_pass(net, x, y)
     assert net.training and all(m.training for m in net.modules())
     net.eval()
     g_ref = input_gradient(net, x, y)
