@@ -104,6 +104,59 @@ def test_shared_trunk_gives_the_eval_saliency_and_train_logits():
     assert not torch.allclose(logits, net(x))
 
 
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,dilation,hw", [
+    (1, 32, 3, 1, 0, 1, (28, 28)),  # mnist-cnn's first layer
+    (3, 8, 3, 1, 1, 1, (9, 7)),  # small-cnn's: padded
+    (2, 4, (3, 5), 2, (1, 2), 1, (11, 10)),  # strided: the last input row feeds no output
+    (3, 4, 3, 1, 2, 2, (8, 8)),  # dilated
+])
+def test_conv_input_grad_equals_autograd(c_in, c_out, kernel, stride, padding, dilation, hw):
+    from sgtool.train import conv_input_grad
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation)
+    x = torch.randn(5, c_in, *hw, requires_grad=True)
+    out = conv(x)
+    g = torch.randn_like(out)
+    (ref,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(conv_input_grad(conv, g, hw), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist"), ("small-cnn", "synthetic"),
+                                          ("mlp", "synthetic"), ("resnet20", "cifar10")])
+@pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
+def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_pass):
+    """Whatever shortcut a pass takes (a shared trunk, the first convolution's input gradient by
+    hand), its saliency is autograd's d log p(y|x)/dx in the pass's mode, and its logits are the
+    train-mode forward's."""
+    from sgtool.data import get_dataset
+    from sgtool.models import build
+    from sgtool.saliency import input_gradient
+    from sgtool.train import SALIENCY_PASSES
+
+    torch.manual_seed(0)
+    net = build(name, dataset).train()
+    x = torch.rand(6, *get_dataset(dataset).shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 10
+    state = {k: v.clone() for k, v in net.state_dict().items()}  # BatchNorm's running stats move
+    torch.manual_seed(5)
+    g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
+    net.load_state_dict(state)
+    torch.manual_seed(5)  # the same dropout draws
+    if saliency_pass == "eval":
+        net.eval()
+        g_ref = input_gradient(net, x, y)
+        net.train()
+        logits_ref = net(x)
+    else:
+        xr = x.clone().requires_grad_(True)
+        logits_ref = net(xr)
+        (g_ref,) = torch.autograd.grad(torch.log_softmax(logits_ref, 1).gather(1, y[:, None]).sum(), xr)
+    assert g.shape == x.shape
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_standard_loss_is_cross_entropy():
     model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
