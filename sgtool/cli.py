@@ -150,10 +150,12 @@ def train(
     console.print(f"run [bold]{rid}[/bold]: {cfg.dataset} / {cfg.model} / {cfg.trainer}"
                   + (f" mask-frac {cfg.mask_frac}" if cfg.trainer != "standard" else ""), highlight=False)
     with progress_bar() as bar:
-        task = bar.add_task("train", total=None, info="")
+        tasks = []  # the bar's task, added at the first step: no empty bar before an error
 
         def show(epoch, epochs, step, steps, loss, acc):
-            bar.update(task, total=epochs * steps, completed=(epoch - 1) * steps + step,
+            if not tasks:
+                tasks.append(bar.add_task("train", total=None, info=""))
+            bar.update(tasks[0], total=epochs * steps, completed=(epoch - 1) * steps + step,
                        description=f"epoch {epoch}/{epochs}",
                        info=f"loss {loss:.4f} acc {acc:.4f}")
 

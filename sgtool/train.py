@@ -31,6 +31,7 @@ from .store import (
     RUN,
     check_writable,
     load_checkpoint,
+    make_root,
     read_metrics,
     run_lock,
     runs_root,
@@ -327,6 +328,7 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
     k = mask_k(cfg.mask_frac, spec.shape)
     loss_fn = LOSSES[cfg.trainer]
 
+    make_root(root)
     run_dir.mkdir(exist_ok=True)
     with run_lock(run_dir):
         started = datetime.now(timezone.utc).isoformat()

@@ -61,6 +61,13 @@ def test_bad_input_one_line_no_traceback_store_unchanged(tmp_path, args, code, f
     assert store_snapshot(tmp_path / "runs") == before
 
 
+def test_missing_data_creates_no_runs_dir_and_draws_no_bar(tmp_path):
+    r = invoke("train", "--dataset", "mnist", "--data-dir", tmp_path / "nodata", "--runs-dir", tmp_path / "a" / "runs")
+    assert r.exit_code == 1 and "missing file" in r.output
+    assert not (tmp_path / "a").exists()
+    assert "0/?" not in r.output  # the progress bar starts with the first training step
+
+
 def test_malformed_yaml_and_unknown_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1\n")
