@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sgtool import data
-from sgtool.data import DATASETS, load, make_synthetic
+from sgtool.data import DATASETS, get_dataset, load, make_synthetic
 from sgtool.errors import SgtoolError, UsageError
 
 
@@ -153,6 +153,17 @@ def test_real_mnist(shared_data):
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
     assert d.y_train.bincount().tolist()[:2] == [5923, 6742]  # the well-known class counts
     assert 0.13 < d.x_train.mean().item() < 0.132
+
+
+def test_real_fashion_mnist(shared_data):
+    if not (shared_data / "fashion-mnist").is_dir():
+        pytest.skip(f"real Fashion-MNIST not found at {shared_data / 'fashion-mnist'}")
+    d = load("fashion-mnist", shared_data, test_size=1000)
+    assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
+    assert d.y_train.bincount().tolist() == [6000] * 10  # Fashion-MNIST is balanced
+    spec = get_dataset("fashion-mnist")
+    assert abs(d.x_train.mean().item() - spec.mean[0]) < 1e-3  # the normalisation fits the data
+    assert 0 <= d.x_train.min().item() and d.x_train.max().item() <= 1
 
 
 def test_all_datasets_registered_with_shapes():
