@@ -138,7 +138,10 @@ def _saliency_start(trunk: list[nn.Module], x: torch.Tensor):
             gx = conv_input_grad(conv, g, hw)
             return gx / std if std is not None else gx
 
-        return conv(pre), trunk[i + 1:], to_input
+        h = conv(pre)  # (B, C_out, H', W')
+        if not h.requires_grad:  # a frozen first layer: h is then where the graph starts
+            h.requires_grad_(True)
+        return h, trunk[i + 1:], to_input
     xr = x.detach().requires_grad_(True)
     return xr, trunk, lambda g: g
 

@@ -125,7 +125,8 @@ def test_conv_input_grad_equals_autograd(c_in, c_out, kernel, stride, padding, d
 @pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist"), ("small-cnn", "synthetic"),
                                           ("mlp", "synthetic"), ("resnet20", "cifar10")])
 @pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
-def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_pass):
+@pytest.mark.parametrize("frozen_stem", [False, True])
+def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_pass, frozen_stem):
     """Whatever shortcut a pass takes (a shared trunk, the first convolution's input gradient by
     hand), its saliency is autograd's d log p(y|x)/dx in the pass's mode, and its logits are the
     train-mode forward's."""
@@ -136,6 +137,8 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
 
     torch.manual_seed(0)
     net = build(name, dataset).train()
+    if frozen_stem:
+        next(net.parameters()).requires_grad_(False)  # the first layer's weight
     x = torch.rand(6, *get_dataset(dataset).shape, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
     state = {k: v.clone() for k, v in net.state_dict().items()}  # BatchNorm's running stats move
