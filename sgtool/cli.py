@@ -59,6 +59,19 @@ def progress_bar() -> Progress:
                     console=err_console, transient=False)
 
 
+def lazy_task(bar: Progress, description: str):
+    """update(**fields) for a task of `bar` that is added at its first update, so that a command
+    that fails early or finds its result cached draws no empty bar."""
+    ids = []
+
+    def update(**fields):
+        if not ids:
+            ids.append(bar.add_task(description, total=None, info=""))
+        bar.update(ids[0], **fields)
+
+    return update
+
+
 # Training flags, shared by `train` and by the commands that find a run from its config.
 Dataset = Annotated[str | None, typer.Option("--dataset", help="synthetic | mnist | fashion-mnist | cifar10 (default: synthetic)")]
 Model = Annotated[str | None, typer.Option("--model", help="mnist-cnn | small-cnn | mlp | resnet20 | resnet18 (default: per dataset)")]
@@ -150,14 +163,11 @@ def train(
     console.print(f"run [bold]{rid}[/bold]: {cfg.dataset} / {cfg.model} / {cfg.trainer}"
                   + (f" mask-frac {cfg.mask_frac}" if cfg.trainer != "standard" else ""), highlight=False)
     with progress_bar() as bar:
-        tasks = []  # the bar's task, added at the first step: no empty bar before an error
+        update = lazy_task(bar, "train")
 
         def show(epoch, epochs, step, steps, loss, acc):
-            if not tasks:
-                tasks.append(bar.add_task("train", total=None, info=""))
-            bar.update(tasks[0], total=epochs * steps, completed=(epoch - 1) * steps + step,
-                       description=f"epoch {epoch}/{epochs}",
-                       info=f"loss {loss:.4f} acc {acc:.4f}")
+            update(total=epochs * steps, completed=(epoch - 1) * steps + step,
+                   description=f"epoch {epoch}/{epochs}", info=f"loss {loss:.4f} acc {acc:.4f}")
 
         res = train_run(cfg, force=force, on_progress=show)
     if res["already"]:
@@ -222,13 +232,12 @@ def mask_eval_cmd(
                            data_dir=data_dir, device=device)
     for run in runs(runs_dir):
         with progress_bar() as bar:
-            task = bar.add_task(f"mask-eval {run['id']}", total=None, info="")
+            update = lazy_task(bar, f"mask-eval {run['id']}")
 
-            def show(method, done, total, task=task):
-                bar.update(task, completed=done, total=total, info=method)
+            def show(method, done, total, update=update):
+                update(completed=done, total=total, info=method)
 
             res = mask_eval(run, cfg, force=force, on_progress=show)
-            bar.update(task, visible=not res["cached"])
         print_mask_eval(run, res, cfg)
 
 
@@ -286,13 +295,12 @@ def attack_cmd(
                         seed=seed, data_dir=data_dir, device=device)
     for run in runs(runs_dir):
         with progress_bar() as bar:
-            task = bar.add_task(f"attack {run['id']}", total=None, info="")
+            update = lazy_task(bar, f"attack {run['id']}")
 
-            def show(done, total, method, eps, task=task):
-                bar.update(task, completed=done, total=total, info=f"{method} eps {eps:g}")
+            def show(done, total, method, eps, update=update):
+                update(completed=done, total=total, info=f"{method} eps {eps:g}")
 
             res = attack_eval(run, cfg, save_examples=save_examples, force=force, on_progress=show)
-            bar.update(task, visible=not res["cached"])
         print_attack(run, res)
 
 

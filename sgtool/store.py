@@ -103,33 +103,35 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return st_load(Path(path).read_bytes())
 
 
+RUNS_DIR_HINT = "pass --runs-dir DIR"
+
+
 def check_writable(root: Path) -> None:
     """Fail early, before any work, if the runs dir cannot be written. A runs dir that does not
     exist yet is not created here (a later error must leave nothing behind): its nearest
     existing parent must be a writable directory. `make_root` creates it when work starts."""
-    hint = "pass --runs-dir DIR"
     if root.is_dir():
         try:
             fd, tmp = tempfile.mkstemp(dir=root, prefix=".probe.")
             os.close(fd)
             os.unlink(tmp)
         except OSError as e:
-            raise SgtoolError(f"cannot write runs dir {root}: {e.strerror or e}; {hint}") from None
+            raise SgtoolError(f"cannot write runs dir {root}: {e.strerror or e}; {RUNS_DIR_HINT}") from None
         return
     parent = root.absolute()
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or parent == root.absolute():
-        raise SgtoolError(f"cannot write runs dir {root}: {parent} is not a directory; {hint}")
+        raise SgtoolError(f"cannot write runs dir {root}: {parent} is not a directory; {RUNS_DIR_HINT}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise SgtoolError(f"cannot write runs dir {root}: {parent} is not writable; {hint}")
+        raise SgtoolError(f"cannot write runs dir {root}: {parent} is not writable; {RUNS_DIR_HINT}")
 
 
 def make_root(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SgtoolError(f"cannot write runs dir {root}: {e.strerror or e}; pass --runs-dir DIR") from None
+        raise SgtoolError(f"cannot write runs dir {root}: {e.strerror or e}; {RUNS_DIR_HINT}") from None
 
 
 @contextmanager
