@@ -160,6 +160,48 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
     torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
 
 
+def _odd_trunk_net():
+    """A trunk of every layer the saliency passes finish by hand, in awkward settings: a padded
+    ceil-mode max-pool with overlapping windows after a ReLU, a strided convolution, a max-pool
+    before its ReLU, a 1x1 convolution; then a head with dropout."""
+    from sgtool.models import Normalize
+
+    return nn.Sequential(Normalize([0.4], [0.3]), nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),  # 13 -> 7, windows overlap
+        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.MaxPool2d(2), nn.ReLU(),  # 7 -> 4 -> 2
+        nn.Conv2d(6, 5, 1), nn.Dropout(0.3), nn.Flatten(), nn.Linear(20, 3)))
+
+
+@pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
+def test_saliency_passes_finish_any_conv_relu_pool_prefix(saliency_pass):
+    from sgtool.saliency import input_gradient
+    from sgtool.train import SALIENCY_PASSES, _saliency_start, split_trunk
+
+    torch.manual_seed(0)
+    net = _odd_trunk_net().train()
+    x = torch.rand(7, 1, 13, 13, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(7) % 3
+    trunk, _ = split_trunk(net)
+    _, rest, _ = _saliency_start(trunk, x)
+    assert rest == []  # every trunk layer was run by hand, none left to autograd
+    torch.manual_seed(5)
+    g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
+    torch.manual_seed(5)
+    if saliency_pass == "eval":
+        net.eval()
+        g_ref = input_gradient(net, x, y)
+        net.train()
+        logits_ref = net(x)
+    else:
+        xr = x.clone().requires_grad_(True)
+        logits_ref = net(xr)
+        (g_ref,) = torch.autograd.grad(torch.log_softmax(logits_ref, 1).gather(1, y[:, None]).sum(), xr)
+    assert g.abs().sum() > 0
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_standard_loss_is_cross_entropy():
     model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
