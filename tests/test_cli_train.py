@@ -98,6 +98,28 @@ def test_unwritable_runs_dir(tmp_path):
     assert r.exit_code == 1 and "cannot write runs dir" in r.output
 
 
+@pytest.mark.parametrize("exists", [True, False])
+def test_unwritable_runs_dir_as_any_user(tmp_path, monkeypatch, exists):
+    """The same two refusals with the permission check faked, so they run as root too: an
+    existing dir where no file can be created, and a new one whose parent is not writable."""
+    import sgtool.store as store
+
+    runs = tmp_path / "runs"
+    if exists:
+        runs.mkdir()
+
+        def no_file(*a, **k):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(store.tempfile, "mkstemp", no_file)
+    else:
+        monkeypatch.setattr(store.os, "access", lambda *a: False)
+    r = invoke("train", *TINY, "--runs-dir", runs)
+    assert r.exit_code == 1 and "cannot write runs dir" in r.output
+    assert ("Permission denied" if exists else "is not writable") in r.output
+    assert (list(runs.iterdir()) == []) if exists else not runs.exists()
+
+
 def test_runs_dir_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("not a dir")
