@@ -122,6 +122,23 @@ def test_conv_input_grad_equals_autograd(c_in, c_out, kernel, stride, padding, d
     torch.testing.assert_close(conv_input_grad(conv, g, hw), ref, rtol=1e-5, atol=1e-5)
 
 
+def _reference_pass(net, x, y, saliency_pass):
+    """(d log p(y|x)/dx, train-mode logits) by plain autograd, with the dropout draws of seed 5:
+    what SALIENCY_PASSES[saliency_pass] must return when run after torch.manual_seed(5)."""
+    from sgtool.saliency import input_gradient
+
+    torch.manual_seed(5)
+    if saliency_pass == "eval":
+        net.eval()
+        g_ref = input_gradient(net, x, y)
+        net.train()
+        return g_ref, net(x)
+    xr = x.clone().requires_grad_(True)
+    logits_ref = net(xr)
+    (g_ref,) = torch.autograd.grad(torch.log_softmax(logits_ref, 1).gather(1, y[:, None]).sum(), xr)
+    return g_ref, logits_ref
+
+
 @pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist"), ("small-cnn", "synthetic"),
                                           ("mlp", "synthetic"), ("resnet20", "cifar10")])
 @pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
@@ -132,7 +149,6 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
     train-mode forward's."""
     from sgtool.data import get_dataset
     from sgtool.models import build
-    from sgtool.saliency import input_gradient
     from sgtool.train import SALIENCY_PASSES
 
     torch.manual_seed(0)
@@ -145,16 +161,7 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
     torch.manual_seed(5)
     g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
     net.load_state_dict(state)
-    torch.manual_seed(5)  # the same dropout draws
-    if saliency_pass == "eval":
-        net.eval()
-        g_ref = input_gradient(net, x, y)
-        net.train()
-        logits_ref = net(x)
-    else:
-        xr = x.clone().requires_grad_(True)
-        logits_ref = net(xr)
-        (g_ref,) = torch.autograd.grad(torch.log_softmax(logits_ref, 1).gather(1, y[:, None]).sum(), xr)
+    g_ref, logits_ref = _reference_pass(net, x, y, saliency_pass)
     assert g.shape == x.shape
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
@@ -175,7 +182,6 @@ def _odd_trunk_net():
 
 @pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
 def test_saliency_passes_finish_any_conv_relu_pool_prefix(saliency_pass):
-    from sgtool.saliency import input_gradient
     from sgtool.train import SALIENCY_PASSES, _saliency_start, split_trunk
 
     torch.manual_seed(0)
@@ -187,16 +193,7 @@ def test_saliency_passes_finish_any_conv_relu_pool_prefix(saliency_pass):
     assert rest == []  # every trunk layer was run by hand, none left to autograd
     torch.manual_seed(5)
     g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
-    torch.manual_seed(5)
-    if saliency_pass == "eval":
-        net.eval()
-        g_ref = input_gradient(net, x, y)
-        net.train()
-        logits_ref = net(x)
-    else:
-        xr = x.clone().requires_grad_(True)
-        logits_ref = net(xr)
-        (g_ref,) = torch.autograd.grad(torch.log_softmax(logits_ref, 1).gather(1, y[:, None]).sum(), xr)
+    g_ref, logits_ref = _reference_pass(net, x, y, saliency_pass)
     assert g.abs().sum() > 0
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
