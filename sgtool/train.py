@@ -132,8 +132,8 @@ def _max_pool(pool: nn.MaxPool2d, h: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _conv_vjp(conv: nn.Conv2d, inp: torch.Tensor):
-    """g (B, C_out, H', W') -> d<g, conv(inp)>/d inp: the data half of oneDNN's convolution
-    backward, the call autograd itself makes when only the input gradient is wanted."""
+    """g (B, C_out, H', W') -> d<g, conv(inp)>/d inp: the data half of the convolution backward,
+    the call autograd itself makes when only the input gradient is wanted."""
     w = conv.weight.detach()
     return lambda g: torch.ops.aten.convolution_backward(
         g, inp, w, None, conv.stride, conv.padding, conv.dilation, False, (0, 0), 1,
@@ -147,6 +147,7 @@ def _pool_vjp(pool: nn.MaxPool2d, inp: torch.Tensor, idx: torch.Tensor):
 
 
 def _relu_vjp(out: torch.Tensor):
+    """g -> g where the ReLU's output is > 0, else 0: what autograd's ReluBackward does."""
     return lambda g: torch.ops.aten.threshold_backward(g, out, 0)
 
 
