@@ -192,10 +192,13 @@ def input_gradient(model, x: torch.Tensor, target: torch.Tensor, create_graph: b
     """d log p(target | x) / dx, shaped like x. Only the input gradient is computed
     (torch.autograd.grad), so parameter .grad fields are left untouched."""
     x = x.detach().requires_grad_(True)
-    logp = F.log_softmax(model(x), dim=1)  # (B, classes)
-    sel = logp.gather(1, target[:, None]).sum()
-    (g,) = torch.autograd.grad(sel, x, create_graph=create_graph)
+    (g,) = torch.autograd.grad(label_log_prob(model(x), target), x, create_graph=create_graph)
     return g
+
+
+def label_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum_i log p(target_i | x_i) from logits (B, classes): the objective of the input gradient."""
+    return F.log_softmax(logits, dim=1).gather(1, target[:, None]).sum()
 
 
 def position_score(attr: torch.Tensor, sign: str = "abs") -> torch.Tensor:

@@ -121,7 +121,7 @@ def check_writable(root: Path) -> None:
     parent = root.absolute()
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or parent == root.absolute():
+    if not parent.is_dir():  # root itself, or the nearest existing part of its path, is a file
         raise SgtoolError(f"cannot write runs dir {root}: {parent} is not a directory; {RUNS_DIR_HINT}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SgtoolError(f"cannot write runs dir {root}: {parent} is not writable; {RUNS_DIR_HINT}")

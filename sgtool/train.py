@@ -22,7 +22,7 @@ from .config import TrainConfig, config_hash, mask_k, to_dict
 from .data import get_dataset, load
 from .errors import SgtoolError
 from .models import Normalize, build
-from .saliency import input_gradient, mask_lowest, position_score
+from .saliency import input_gradient, label_log_prob, mask_lowest, position_score
 from .store import (
     CKPT,
     CKPT_META,
@@ -178,7 +178,8 @@ def _saliency_start(trunk: list[nn.Module], x: torch.Tensor):
     vjps = []  # the input-gradient step of each layer after the first convolution, in order
     i += 1
     while i < len(trunk):
-        m, nxt = trunk[i], trunk[i + 1] if i + 1 < len(trunk) else None
+        m = trunk[i]
+        nxt = trunk[i + 1] if i + 1 < len(trunk) else None
         if type(m) is nn.ReLU and _plain_pool(nxt):
             r = m(h)
             h, idx = _max_pool(nxt, r)
@@ -214,8 +215,7 @@ def _saliency_start(trunk: list[nn.Module], x: torch.Tensor):
 
 def _label_grad(logits: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """d sum_i log p(y_i | x_i) / d at, keeping the graph for the loss's own backward."""
-    sel = F.log_softmax(logits, 1).gather(1, y[:, None]).sum()
-    return torch.autograd.grad(sel, at, retain_graph=True)[0]
+    return torch.autograd.grad(label_log_prob(logits, y), at, retain_graph=True)[0]
 
 
 def eval_pass(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
