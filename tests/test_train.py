@@ -2,10 +2,12 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +294,24 @@ def test_tune_malloc_takes_on_glibc():
     if os.environ.get("SGTOOL_MALLOC") == "default":
         pytest.skip("opted out with SGTOOL_MALLOC=default")
     assert sgtool.tune_malloc() is True
+
+
+def test_train_speed_benchmark_prints_ratios_and_floor(shared_data):
+    """benchmarks/train_speed.py runs end to end on real MNIST (tiny: batch 32, one step per mode)
+    and its floor line is the formula it states, from the parts it prints."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "train_speed.py"), "--data-dir", str(shared_data),
+         "--batch-size", "32", "--repeats", "2", "--steps", "1"],
+        capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = {line.split()[0] + (" " + line.split()[1] if line.startswith("sgt") else ""): line.split()
+            for line in out.splitlines() if line.startswith(("standard", "sgt"))}
+    assert set(rows) == {"standard", "sgt (eval)", "sgt (shared)"}
+    assert float(rows["standard"][-3]) == 1.0  # its own ratio
+    m = re.search(r"floor of sgt \(shared\): ([\d.]+) = 2 \+ \(saliency backward ([\d.]+) ms \+ masking "
+                  r"([\d.]+) ms - optimiser step ([\d.]+) ms\) / standard ([\d.]+) ms", out)
+    assert m, out
+    floor, sal, msk, opt, std = (float(v) for v in m.groups())
+    assert sal > 0 and std > 0
+    # the parts are printed to 0.1 ms and the floor to 0.01
+    assert floor == pytest.approx(2 + (sal + msk - opt) / std, abs=0.005 + 0.2 / std)
