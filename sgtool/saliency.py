@@ -107,9 +107,21 @@ def smoothgrad_saliency(model, x, target, *, seed=0, baseline="zero"):
         )
 
 
+def _deeplift_rules() -> None:
+    """Captum's DeepLift picks a layer's rule by its exact type: sgtool's MaxPool2d, a faster
+    nn.MaxPool2d, gets nn.MaxPool2d's rule rather than being treated as linear."""
+    from captum.attr._core import deep_lift
+
+    from .models import MaxPool2d
+
+    rules = deep_lift.SUPPORTED_NON_LINEAR
+    rules.setdefault(MaxPool2d, rules[torch.nn.MaxPool2d])
+
+
 def deeplift_saliency(model, x, target, *, seed=0, baseline="zero"):
     from captum.attr import DeepLift
 
+    _deeplift_rules()
     with _quiet():
         return DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=target)
 
@@ -127,6 +139,7 @@ def gradshap_saliency(model, x, target, *, seed=0, baseline="zero"):
 def deepliftshap_saliency(model, x, target, *, seed=0, baseline="zero"):
     from captum.attr import DeepLiftShap
 
+    _deeplift_rules()
     refs = _uniform_like(x, SHAP_BASELINES, seed)  # (K, C, H, W)
     with _seeded(seed, x.device):
         return DeepLiftShap(model).attribute(x, baselines=refs, target=target)

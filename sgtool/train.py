@@ -21,7 +21,7 @@ from . import __version__
 from .config import TrainConfig, config_hash, mask_k, to_dict
 from .data import get_dataset, load
 from .errors import SgtoolError
-from .models import Normalize, build
+from .models import MaxPool2d, Normalize, build, max_pool2d
 from .saliency import input_gradient, label_log_prob, mask_lowest, position_score
 from .store import (
     CKPT,
@@ -122,13 +122,7 @@ def _plain_conv(m: nn.Module) -> bool:
 
 
 def _plain_pool(m: nn.Module | None) -> bool:
-    return type(m) is nn.MaxPool2d and not m.return_indices
-
-
-def _max_pool(pool: nn.MaxPool2d, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """pool(h) and its argmax indices: the kernel and the graph that pool(h) itself gives."""
-    return F.max_pool2d(h, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                        ceil_mode=pool.ceil_mode, return_indices=True)
+    return type(m) in (nn.MaxPool2d, MaxPool2d) and not m.return_indices
 
 
 def _conv_vjp(conv: nn.Conv2d, inp: torch.Tensor):
@@ -182,7 +176,7 @@ def _saliency_start(trunk: list[nn.Module], x: torch.Tensor):
         nxt = trunk[i + 1] if i + 1 < len(trunk) else None
         if type(m) is nn.ReLU and _plain_pool(nxt):
             r = m(h)
-            h, idx = _max_pool(nxt, r)
+            h, idx = max_pool2d(nxt, r)
             relu, pool = _relu_vjp(h.detach()), _pool_vjp(nxt, r.detach(), idx)
             vjps.append(lambda g, relu=relu, pool=pool: pool(relu(g)))
             i += 2
@@ -192,7 +186,7 @@ def _saliency_start(trunk: list[nn.Module], x: torch.Tensor):
             vjps.append(_relu_vjp(h.detach()))
         elif _plain_pool(m):
             inp = h
-            h, idx = _max_pool(m, inp)
+            h, idx = max_pool2d(m, inp)
             vjps.append(_pool_vjp(m, inp.detach(), idx))
         elif _plain_conv(m):
             inp = h

@@ -62,3 +62,52 @@ def test_freeze_keeps_outputs_and_input_gradients(name, dataset):
     y = torch.arange(4)
     torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(input_gradient(frozen, x, y), input_gradient(model, x, y), rtol=1e-3, atol=1e-6)
+
+
+def _pool_inputs():
+    """Inputs that stress the max-pool's tie-breaking and NaN rules: random values, a ReLU's many
+    exact zeros (ties), whole windows of -inf, and NaNs."""
+    torch.manual_seed(0)
+    r = torch.randn(3, 5, 13, 11)
+    ties = torch.relu(r).round()  # many equal values in a window
+    special = r.clone()
+    special[0, :, :4, :4] = float("-inf")
+    special[1, 2, 5, 5] = float("nan")
+    special[2, 1, 3:5, 3:5] = float("nan")
+    return {"random": r, "ties": ties, "special": special}
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "special"])
+@pytest.mark.parametrize("args", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                  dict(kernel_size=2, stride=1, dilation=2), dict(kernel_size=(3, 2), stride=(1, 2))])
+def test_max_pool2d_equals_torch_in_values_indices_and_gradients(kind, args):
+    """sgtool's MaxPool2d (the channels-last kernel on CPU) gives bit for bit nn.MaxPool2d's
+    outputs, argmax indices and input gradients, and really takes its own path."""
+    from sgtool.models import MaxPool2d, max_pool2d
+
+    x = _pool_inputs()[kind]
+    ours, ref = MaxPool2d(**args), torch.nn.MaxPool2d(**args)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, b = ours(xa), ref(xb)
+    assert type(a.grad_fn).__name__ == "_PoolViaChannelsLastBackward"
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    idx_a = max_pool2d(ours, x)[1]
+    idx_b = torch.nn.functional.max_pool2d(x, return_indices=True, **args)[1]
+    assert torch.equal(idx_a, idx_b) and idx_a.is_contiguous()
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=0, equal_nan=True)
+
+
+def test_max_pool2d_keeps_other_layouts_and_return_indices_on_torchs_path():
+    from sgtool.models import MaxPool2d
+
+    x = torch.rand(2, 4, 8, 8)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = MaxPool2d(2)(cl)
+    assert "Channels" not in type(out.grad_fn).__name__
+    assert torch.equal(out, torch.nn.MaxPool2d(2)(x))
+    vals, idx = MaxPool2d(2, return_indices=True)(x)
+    ref = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(vals, ref[0]) and torch.equal(idx, ref[1])

@@ -113,3 +113,23 @@ def test_seeded_restores_numpy_state():
     np.random.seed(7)
     get_saliency("gradshap")(model, x, t, seed=3)
     assert np.random.rand() == expect
+
+
+@pytest.mark.parametrize("name", ["deeplift", "deepliftshap"])
+def test_deeplift_treats_sgtools_max_pool_as_a_max_pool(name):
+    """Captum picks DeepLift's rule by exact layer type, so sgtool's MaxPool2d must be given
+    nn.MaxPool2d's rule. With the pool straight after a convolution the rule matters (treated as
+    linear, the attributions differ), and the attributions must equal nn.MaxPool2d's."""
+    from sgtool.models import MaxPool2d, Normalize
+
+    def net(pool):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(Normalize([0.5], [0.25]), torch.nn.Conv2d(1, 4, 3), pool,
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 13 * 13, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 3)).eval()
+
+    torch.manual_seed(1)
+    x, t = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    a = SALIENCY[name](net(MaxPool2d(2)), x, t)
+    b = SALIENCY[name](net(torch.nn.MaxPool2d(2)), x, t)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
