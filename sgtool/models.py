@@ -40,8 +40,7 @@ class _PoolViaChannelsLast(torch.autograd.Function):
         return out, idx
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g, _):
+    def backward(ctx, g, _):  # differentiable itself: create_graph=True works as with nn.MaxPool2d
         h, idx = ctx.saved_tensors
         return (torch.ops.aten.max_pool2d_with_indices_backward(g, h, *ctx.args, idx),
                 None, None, None, None, None)

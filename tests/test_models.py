@@ -111,3 +111,23 @@ def test_max_pool2d_keeps_other_layouts_and_return_indices_on_torchs_path():
     vals, idx = MaxPool2d(2, return_indices=True)(x)
     ref = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
     assert torch.equal(vals, ref[0]) and torch.equal(idx, ref[1])
+
+
+def test_max_pool2d_supports_double_backward_like_torch():
+    """input_gradient(..., create_graph=True) through mnist-cnn's pool: the gradient of a
+    gradient norm equals the one through nn.MaxPool2d."""
+    import copy
+
+    from sgtool.saliency import input_gradient
+
+    torch.manual_seed(0)
+    model = build("mnist-cnn", "mnist").eval()
+    plain = copy.deepcopy(model)
+    plain[1][4] = torch.nn.MaxPool2d(2)
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    grads = []
+    for m in (model, plain):
+        g = input_gradient(m, x, y, create_graph=True)
+        grads.append(torch.autograd.grad(g.pow(2).sum(), list(m.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
