@@ -30,7 +30,7 @@ from sgtool.config import make_config, mask_k
 from sgtool.data import get_dataset, load
 from sgtool.models import build
 from sgtool.saliency import mask_lowest, position_score
-from sgtool.train import LOSSES, _label_grad, _run, _saliency_start, make_optimizer, split_trunk, train_step
+from sgtool.train import LOSSES, _label_grad, make_optimizer, shared_forward, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,7 @@ def extra_parts(model, opt, x, y, cfg, k) -> tuple[float, float, float]:
     """Seconds of (saliency backward, masking, optimiser step) on batch (x, y): the parts of a
     `shared` SGT step that are not twice a standard step's work. The forward and the loss's
     backward around them are not timed."""
-    trunk, head = split_trunk(model)
-    start, rest, to_input = _saliency_start(trunk, x)
-    logits = _run(head, _run(rest, start))  # (B, classes), train mode, as shared_pass
+    start, logits, to_input = shared_forward(model, x)  # (B, classes), train mode
     t0 = time.perf_counter()
     g = to_input(_label_grad(logits, y, start))  # (B, C, H, W)
     t1 = time.perf_counter()

@@ -46,6 +46,13 @@ class _PoolViaChannelsLast(torch.autograd.Function):
                 None, None, None, None, None)
 
 
+def pool_args(pool: nn.MaxPool2d) -> tuple:
+    """(kernel, stride, padding, dilation, ceil_mode) as the max_pool2d_with_indices ops take them."""
+    pair = nn.modules.utils._pair
+    return (pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), pair(pool.dilation),
+            pool.ceil_mode)
+
+
 def max_pool2d(pool: nn.MaxPool2d, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """pool(h) and its argmax indices, with the numbers and gradients of F.max_pool2d.
 
@@ -53,9 +60,7 @@ def max_pool2d(pool: nn.MaxPool2d, h: torch.Tensor) -> tuple[torch.Tensor, torch
     mnist-cnn's pool at batch 512, and 10 to 13 ms more on SGT's randomly filled X~, whose
     comparisons defeat branch prediction. The channels-last kernel is vectorised, so an NCHW CPU
     input goes through it: about 20 ms on any data, with the two layout copies."""
-    pair = nn.modules.utils._pair
-    args = (pair(pool.kernel_size), pair(pool.stride if pool.stride is not None else pool.kernel_size),
-            pair(pool.padding), pair(pool.dilation), pool.ceil_mode)
+    args = pool_args(pool)
     if h.device.type == "cpu" and h.dim() == 4 and h.is_contiguous() and h.is_floating_point():
         return _PoolViaChannelsLast.apply(h, *args)
     return F.max_pool2d_with_indices(h, *args)

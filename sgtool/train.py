@@ -15,13 +15,12 @@ from datetime import datetime, timezone
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
 
 from . import __version__
 from .config import TrainConfig, config_hash, mask_k, to_dict
 from .data import get_dataset, load
 from .errors import SgtoolError
-from .models import MaxPool2d, Normalize, build, max_pool2d
+from .models import MaxPool2d, Normalize, build, max_pool2d, pool_args
 from .saliency import input_gradient, label_log_prob, mask_lowest, position_score
 from .store import (
     CKPT,
@@ -136,8 +135,8 @@ def _conv_vjp(conv: nn.Conv2d, inp: torch.Tensor):
 
 def _pool_vjp(pool: nn.MaxPool2d, inp: torch.Tensor, idx: torch.Tensor):
     """g (B, C, h, w) at the pooled output -> (B, C, H, W) at its input, by the argmax indices."""
-    k, s, p, d = (_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation))
-    return lambda g: torch.ops.aten.max_pool2d_with_indices_backward(g, inp, k, s, p, d, pool.ceil_mode, idx)
+    args = pool_args(pool)
+    return lambda g: torch.ops.aten.max_pool2d_with_indices_backward(g, inp, *args, idx)
 
 
 def _relu_vjp(out: torch.Tensor):
@@ -234,12 +233,18 @@ def eval_pass(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     return to_input(_label_grad(logits_eval, y, start)), _run(head, h)
 
 
+def shared_forward(model, x: torch.Tensor):
+    """(start, logits, to_input): shared_pass's train-mode forward, before its saliency backward
+    `to_input(_label_grad(logits, y, start))`."""
+    trunk, head = split_trunk(model)
+    start, rest, to_input = _saliency_start(trunk, x)
+    return start, _run(head, _run(rest, start)), to_input  # logits (B, classes), train mode
+
+
 def shared_pass(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """saliency_pass="shared": (g, logits) from the training forward pass itself, so dropout is
     active in the saliency."""
-    trunk, head = split_trunk(model)
-    start, rest, to_input = _saliency_start(trunk, x)
-    logits = _run(head, _run(rest, start))  # (B, classes), train mode
+    start, logits, to_input = shared_forward(model, x)
     return to_input(_label_grad(logits, y, start)), logits
 
 
