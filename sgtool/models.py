@@ -73,6 +73,72 @@ class MaxPool2d(nn.MaxPool2d):
         return super().forward(h) if self.return_indices else max_pool2d(self, h)[0]
 
 
+def _onednn_linear_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def linear_input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """g (N, out) -> g @ weight (N, in): the input gradient of x -> x @ weight.T + b.
+
+    PyTorch sends this product to MKL's sgemm. oneDNN's matmul does it in about half the time
+    here (mnist-cnn's fc1 at batch 512: 3.7 ms against 7.9) and gave the same bits on every
+    draw tried, its sum over `out` running in the same order. SGT takes this gradient three
+    times a step (saliency, clean and masked branch) where standard training takes it once.
+    Under create_graph (grad mode on in a backward) the differentiable g.mm(weight) runs."""
+    if (_ONEDNN_LINEAR and g.device.type == "cpu" and g.dtype == torch.float32
+            and weight.dtype == torch.float32 and not torch.is_grad_enabled()):
+        return torch.ops.mkldnn._linear_pointwise(g, weight.t(), None, "none", [], "")
+    return g.mm(weight)
+
+
+def _wanted(node) -> bool:
+    """Whether the running backward will execute `node` (a non-leaf grad_fn): False when, say,
+    torch.autograd.grad asks only for an input gradient and `node` leads only to parameters."""
+    try:
+        return node is not None and torch._C._will_engine_execute_node(node)
+    except (AttributeError, RuntimeError):  # a private call: when it is missing, compute it
+        return node is not None
+
+
+class _LinearFn(torch.autograd.Function):
+    """F.linear of a 2-D input, with the gradients autograd gives nn.Linear; only the input
+    gradient's kernel differs (`linear_input_grad`). The weight comes in as a view, a non-leaf
+    node, so that the backward can ask the engine whether its gradient is wanted: a custom
+    Function's needs_input_grad is fixed at the forward, and the saliency's backward, which
+    wants only the input gradient, would otherwise pay for the weight's (7 to 9 ms on fc1)."""
+
+    @staticmethod
+    def forward(ctx, x, weight_view, bias):
+        ctx.save_for_backward(x, weight_view)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight_view, bias)  # (N, out)
+
+    @staticmethod
+    def backward(ctx, g):  # g (N, out); differentiable itself, for create_graph=True
+        x, weight = ctx.saved_tensors
+        gx = linear_input_grad(g, weight) if ctx.needs_input_grad[0] else None
+        # autograd's addmm backward for a weight stored (out, in), as nn.Linear stores it
+        gw = g.t().mm(x) if ctx.needs_input_grad[1] and _wanted(ctx.next_functions[1][0]) else None
+        gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+class Linear(nn.Linear):
+    """nn.Linear with the same outputs and gradients, its input gradient faster on CPU."""
+
+    def forward(self, x):
+        if x.dim() != 2 or x.device.type != "cpu" or not x.requires_grad:
+            return super().forward(x)
+        w = self.weight.view_as(self.weight) if self.weight.requires_grad else self.weight
+        return _LinearFn.apply(x, w, self.bias)
+
+
 def mnist_cnn(shape, num_classes):
     """The SGT authors' MNIST network (the PyTorch MNIST example)."""
     c, h, w = shape
@@ -81,8 +147,8 @@ def mnist_cnn(shape, num_classes):
         nn.Conv2d(c, 32, 3), nn.ReLU(),
         nn.Conv2d(32, 64, 3), nn.ReLU(),
         MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
-        nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(128, num_classes),
+        Linear(flat, 128), nn.ReLU(), nn.Dropout(0.5),
+        Linear(128, num_classes),
     )
 
 

@@ -131,3 +131,96 @@ def test_max_pool2d_supports_double_backward_like_torch():
         grads.append(torch.autograd.grad(g.pow(2).sum(), list(m.parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(512, 9216, 128), (64, 128, 10), (7, 30, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_torch_in_values_and_gradients(shape, bias):
+    """sgtool's Linear gives nn.Linear's outputs, weight and bias gradients bit for bit (the same
+    kernels), and its input gradient through its own kernel, to float rounding (bit for bit on
+    mnist-cnn's shapes on the machines measured, but not promised)."""
+    from sgtool.models import Linear
+
+    n, i, o = shape
+    torch.manual_seed(0)
+    ref, ours = torch.nn.Linear(i, o, bias=bias), Linear(i, o, bias=bias)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(n, i).relu()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, b = ours(xa), ref(xb)
+    assert type(a.grad_fn).__name__ == "_LinearFnBackward"
+    assert torch.equal(a, b)
+    g = torch.randn(n, o)
+    a.backward(g)
+    b.backward(g)
+    assert torch.equal(ours.weight.grad, ref.weight.grad)
+    if bias:
+        assert torch.equal(ours.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_input_gradient_takes_its_own_kernel(monkeypatch):
+    """The backward's input gradient is linear_input_grad's (not autograd's addmm backward), and
+    linear_input_grad without oneDNN is the plain product."""
+    from sgtool import models
+
+    calls = []
+    real = models.linear_input_grad
+    monkeypatch.setattr(models, "linear_input_grad", lambda g, w: calls.append(g.shape) or real(g, w))
+    x = torch.randn(6, 20, requires_grad=True)
+    models.Linear(20, 3)(x).sum().backward()
+    assert calls == [(6, 3)]
+    monkeypatch.setattr(models, "_ONEDNN_LINEAR", False)
+    g, w = torch.randn(6, 3), torch.randn(3, 20)
+    assert torch.equal(real(g, w), g.mm(w))
+
+
+def test_linear_keeps_torchs_path_off_its_fast_case():
+    """3-D inputs, and inputs that need no gradient, run nn.Linear's own forward."""
+    from sgtool.models import Linear
+
+    lin = Linear(5, 4)
+    x = torch.randn(2, 3, 5, requires_grad=True)
+    assert "_LinearFn" not in type(lin(x).grad_fn).__name__
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+    assert type(lin(x[0].detach()).grad_fn).__name__ == "AddmmBackward0"
+
+
+def test_linear_supports_double_backward_like_torch():
+    """input_gradient(..., create_graph=True) through mnist-cnn's Linear layers: the gradient of a
+    gradient norm equals the one through nn.Linear to float rounding (the backward then runs
+    differentiable ops, which autograd orders differently from addmm's double backward)."""
+    import copy
+
+    from sgtool.saliency import input_gradient
+
+    torch.manual_seed(0)
+    model = build("mnist-cnn", "mnist").eval()
+    plain = copy.deepcopy(model)
+    for j in (7, 10):
+        lin = plain[1][j]
+        plain[1][j] = torch.nn.Linear(lin.in_features, lin.out_features)
+        plain[1][j].load_state_dict(lin.state_dict())
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    grads = []
+    for m in (model, plain):
+        g = input_gradient(m, x, y, create_graph=True)
+        grads.append(torch.autograd.grad(g.pow(2).sum(), list(m.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_linear_skips_the_weight_gradient_when_only_the_input_gradient_is_wanted(monkeypatch):
+    """torch.autograd.grad(..., x), as the saliency pass calls it, leaves the weight gradient
+    uncomputed; a backward into the parameters computes it."""
+    from sgtool import models
+
+    seen = []
+    real = models._wanted
+    monkeypatch.setattr(models, "_wanted", lambda node: seen.append(real(node)) or seen[-1])
+    lin = models.Linear(8, 3)
+    x = torch.randn(4, 8, requires_grad=True)
+    torch.autograd.grad(lin(x).sum(), x)
+    assert lin.weight.grad is None
+    lin(x).sum().backward()
+    assert seen == [False, True] and lin.weight.grad is not None
