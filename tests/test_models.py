@@ -186,13 +186,15 @@ def test_linear_keeps_torchs_path_off_its_fast_case():
     assert type(lin(x[0].detach()).grad_fn).__name__ == "AddmmBackward0"
 
 
-def test_linear_supports_double_backward_like_torch():
-    """input_gradient(..., create_graph=True) through mnist-cnn's Linear layers: the gradient of a
-    gradient norm equals the one through nn.Linear to float rounding (the backward then runs
-    differentiable ops, which autograd orders differently from addmm's double backward)."""
+@pytest.mark.parametrize("wrt", ["input", "parameters"])
+def test_linear_supports_double_backward_like_torch(wrt):
+    """A gradient norm's gradient through mnist-cnn's Linear layers equals the one through
+    nn.Linear to float rounding, for the input gradient (input_gradient(..., create_graph=True))
+    and for the parameter gradients, whose second derivative runs back through the saved input.
+    The backward then runs differentiable ops, which autograd orders differently from addmm's."""
     import copy
 
-    from sgtool.saliency import input_gradient
+    from sgtool.saliency import input_gradient, label_log_prob
 
     torch.manual_seed(0)
     model = build("mnist-cnn", "mnist").eval()
@@ -204,10 +206,14 @@ def test_linear_supports_double_backward_like_torch():
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
     grads = []
     for m in (model, plain):
-        g = input_gradient(m, x, y, create_graph=True)
-        grads.append(torch.autograd.grad(g.pow(2).sum(), list(m.parameters())))
+        params = list(m.parameters())
+        if wrt == "input":
+            first = [input_gradient(m, x, y, create_graph=True)]
+        else:
+            first = torch.autograd.grad(label_log_prob(m(x), y), params, create_graph=True)
+        grads.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), params))
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
 
 
 def test_linear_skips_the_weight_gradient_when_only_the_input_gradient_is_wanted(monkeypatch):
