@@ -230,3 +230,20 @@ def test_linear_skips_the_weight_gradient_when_only_the_input_gradient_is_wanted
     assert lin.weight.grad is None
     lin(x).sum().backward()
     assert seen == [False, True] and lin.weight.grad is not None
+
+
+@pytest.mark.parametrize("layout", ["expanded", "expanded-row", "transposed", "sliced", "offset", "weight-t"])
+def test_linear_input_grad_takes_any_strides(layout):
+    """Gradients reach the backward in any layout (a .sum() sends an expanded one); the oneDNN
+    product must equal g @ W for each, as must a non-contiguous weight."""
+    from sgtool.models import linear_input_grad
+
+    torch.manual_seed(0)
+    w = torch.randn(7, 20)
+    g = {"expanded": torch.ones(1, 1).expand(6, 7), "expanded-row": torch.randn(1, 7).expand(6, 7),
+         "transposed": torch.randn(7, 6).t(), "sliced": torch.randn(6, 14)[:, ::2],
+         "offset": torch.randn(8, 7)[2:], "weight-t": torch.randn(6, 7)}[layout]
+    if layout == "weight-t":
+        w = torch.randn(20, 7).t()
+    with torch.no_grad():
+        torch.testing.assert_close(linear_input_grad(g, w), g.mm(w), rtol=1e-5, atol=1e-6)
