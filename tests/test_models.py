@@ -116,21 +116,32 @@ def test_max_pool2d_keeps_other_layouts_and_return_indices_on_torchs_path():
 def test_max_pool2d_supports_double_backward_like_torch():
     """input_gradient(..., create_graph=True) through mnist-cnn's pool: the gradient of a
     gradient norm equals the one through nn.MaxPool2d."""
-    import copy
+    model, plain = _mnist_cnn_and_copy()
+    plain[1][4] = torch.nn.MaxPool2d(2)
+    for a, b in zip(_grad_of_gradient_norm(model, "input"), _grad_of_gradient_norm(plain, "input")):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
-    from sgtool.saliency import input_gradient
+
+def _mnist_cnn_and_copy():
+    import copy
 
     torch.manual_seed(0)
     model = build("mnist-cnn", "mnist").eval()
-    plain = copy.deepcopy(model)
-    plain[1][4] = torch.nn.MaxPool2d(2)
-    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
-    grads = []
-    for m in (model, plain):
-        g = input_gradient(m, x, y, create_graph=True)
-        grads.append(torch.autograd.grad(g.pow(2).sum(), list(m.parameters())))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    return model, copy.deepcopy(model)
+
+
+def _grad_of_gradient_norm(model, wrt: str) -> tuple[torch.Tensor, ...]:
+    """d/dparameters of the squared norm of a first gradient of log p(y|x), taken with
+    create_graph: the input gradient (wrt="input") or the parameter gradients."""
+    from sgtool.saliency import input_gradient, label_log_prob
+
+    x, y = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 3])
+    params = list(model.parameters())
+    if wrt == "input":
+        first = [input_gradient(model, x, y, create_graph=True)]
+    else:
+        first = torch.autograd.grad(label_log_prob(model(x), y), params, create_graph=True)
+    return torch.autograd.grad(sum(g.pow(2).sum() for g in first), params)
 
 
 @pytest.mark.parametrize("shape", [(512, 9216, 128), (64, 128, 10), (7, 30, 5)])
@@ -192,27 +203,12 @@ def test_linear_supports_double_backward_like_torch(wrt):
     nn.Linear to float rounding, for the input gradient (input_gradient(..., create_graph=True))
     and for the parameter gradients, whose second derivative runs back through the saved input.
     The backward then runs differentiable ops, which autograd orders differently from addmm's."""
-    import copy
-
-    from sgtool.saliency import input_gradient, label_log_prob
-
-    torch.manual_seed(0)
-    model = build("mnist-cnn", "mnist").eval()
-    plain = copy.deepcopy(model)
+    model, plain = _mnist_cnn_and_copy()
     for j in (7, 10):
         lin = plain[1][j]
         plain[1][j] = torch.nn.Linear(lin.in_features, lin.out_features)
         plain[1][j].load_state_dict(lin.state_dict())
-    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
-    grads = []
-    for m in (model, plain):
-        params = list(m.parameters())
-        if wrt == "input":
-            first = [input_gradient(m, x, y, create_graph=True)]
-        else:
-            first = torch.autograd.grad(label_log_prob(m(x), y), params, create_graph=True)
-        grads.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), params))
-    for a, b in zip(*grads):
+    for a, b in zip(_grad_of_gradient_norm(model, wrt), _grad_of_gradient_norm(plain, wrt)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
 
 
