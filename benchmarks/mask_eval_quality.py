@@ -127,13 +127,15 @@ def main() -> None:
     ap.add_argument("--skip-mnist", action="store_true")
     args = ap.parse_args()
 
-    from sgtool.config import MaskEvalConfig
+    from sgtool.config import MaskEvalConfig, resolve_mask_eval
 
     t0 = time.perf_counter()
     if not args.skip_mnist:
-        mnist_part(args, MaskEvalConfig(limit=args.limit, data_dir=args.data_dir, device=args.device))
+        mnist_part(args, resolve_mask_eval(MaskEvalConfig(limit=args.limit, data_dir=args.data_dir,
+                                                          device=args.device), "mnist"))
         print()
-    synthetic_part(args, MaskEvalConfig(limit=args.synthetic_limit or args.limit, device=args.device))
+    synthetic_part(args, resolve_mask_eval(MaskEvalConfig(limit=args.synthetic_limit or args.limit,
+                                                          device=args.device), "synthetic"))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -32,7 +32,8 @@ N_FULL = 10_000
 def authors_estimate(model, x, y, methods, fractions, fill, batch=20) -> dict[str, float]:
     """Seconds per method for the authors' procedure on len(x) images, measured once per piece."""
     from sgtool.config import mask_k
-    from sgtool.saliency import fill_values, get_saliency, position_score
+    from sgtool.layout import IMAGE_FILLS
+    from sgtool.saliency import get_saliency, position_score
 
     out = {}
     for name in methods:
@@ -46,7 +47,7 @@ def authors_estimate(model, x, y, methods, fractions, fill, batch=20) -> dict[st
             # Their masking: one sample at a time (topk, then fill), as in their Helper.py.
             k = mask_k(0.5, xb.shape[1:])
             xm = xb.clone()
-            fills = fill_values(xb, fill)
+            fills = IMAGE_FILLS[fill](xb, None, None, None)
             for i in range(len(xb)):
                 idx = score[i].flatten().topk(k).indices
                 xm[i].view(xb.shape[1], -1)[:, idx] = fills[i].view(xb.shape[1], -1)[:, idx]
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = ap.parse_args()
 
-    from sgtool.config import MaskEvalConfig
+    from sgtool.config import MaskEvalConfig, resolve_mask_eval
     from sgtool.data import load
     from sgtool.evaluate import mask_eval
     from sgtool.store import find_run, runs_root, select_runs
@@ -83,7 +84,8 @@ def main() -> None:
     root = runs_root(args.runs_dir)
     flags = {"dataset": "mnist", "trainer": "standard"}
     (run,) = select_runs(root, [args.run] if args.run else None, flags)
-    cfg = MaskEvalConfig(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir, device="cpu")
+    cfg = resolve_mask_eval(MaskEvalConfig(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
+                                           device="cpu"), "mnist")
     print(f"run {run['id']} ({run['config']['dataset']} / {run['config']['model']} / {run['config']['trainer']}), "
           f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions, batch {cfg.batch_size}, "
           f"cpu, {torch.get_num_threads()} threads")

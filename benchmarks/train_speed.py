@@ -23,27 +23,33 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from sgtool.process import tune_process
 
-from sgtool.config import make_config, mask_k
-from sgtool.data import get_dataset, load
-from sgtool.models import build
-from sgtool.saliency import mask_lowest, position_score
-from sgtool.train import LOSSES, _label_grad, make_optimizer, shared_forward, train_step
+tune_process()  # as the `sgtool` command runs: before torch loads
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sgtool.config import make_config  # noqa: E402
+from sgtool.data import load  # noqa: E402
+from sgtool.fastpath import label_grad, shared_forward  # noqa: E402
+from sgtool.layout import lowest_k, mask  # noqa: E402
+from sgtool.models import build  # noqa: E402
+from sgtool.train import make_loss, make_optimizer, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def extra_parts(model, opt, x, y, cfg, k) -> tuple[float, float, float]:
+def extra_parts(model, opt, x, y, cfg) -> tuple[float, float, float]:
     """Seconds of (saliency backward, masking, optimiser step) on batch (x, y): the parts of a
     `shared` SGT step that are not twice a standard step's work. The forward and the loss's
     backward around them are not timed."""
     start, logits, to_input = shared_forward(model, x)  # (B, classes), train mode
     t0 = time.perf_counter()
-    g = to_input(_label_grad(logits, y, start))  # (B, C, H, W)
+    g = to_input(label_grad(logits, y, start))  # (B, C, H, W)
     t1 = time.perf_counter()
-    mask_lowest(x, position_score(g, cfg.saliency_sign), k, cfg.mask_fill)
+    score = g.abs().mean(1).flatten(1) if cfg.saliency_sign == "abs" else g.mean(1).flatten(1)  # (B, H*W)
+    mask("image", x, lowest_k(score, cfg.mask_frac), cfg.mask_fill)
     t2 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(logits, y).backward(inputs=list(model.parameters()))
@@ -70,32 +76,30 @@ def main():
         "sgt (shared)": make_config(dataset="mnist", trainer="sgt", mask_frac=0.5, saliency_pass="shared",
                                     batch_size=args.batch_size),
     }
-    k = mask_k(0.5, get_dataset("mnist").shape)
     state = {}
     for name, cfg in modes.items():
         torch.manual_seed(0)
         model = build(cfg.model, cfg.dataset).train()
         opt, _ = make_optimizer(cfg, model)
-        state[name] = (model, opt, LOSSES[cfg.trainer], cfg)
+        state[name] = (model, opt, make_loss(cfg))
     times: dict[str, list[list[float]]] = {m: [] for m in modes}  # [repeat][step] seconds
     torch.manual_seed(0)  # the floor's parts run on a model of their own, so the steps above are untouched
     floor_model = build("mnist-cnn", "mnist").train()
     floor_opt, _ = make_optimizer(modes["sgt (shared)"], floor_model)
     parts: list[tuple[float, float, float]] = []  # per repeat
     batches = data.x_train.split(args.batch_size), data.y_train.split(args.batch_size)
-    for model, opt, loss_fn, cfg in state.values():  # warm-up: one step each
-        train_step(model, opt, loss_fn, batches[0][0], batches[1][0], cfg, k)
+    for model, opt, loss_fn in state.values():  # warm-up: one step each
+        train_step(model, opt, loss_fn, batches[0][0], batches[1][0])
     for r in range(args.repeats):
-        for name, (model, opt, loss_fn, cfg) in state.items():
+        for name, (model, opt, loss_fn) in state.items():
             times[name].append([])
             for s in range(args.steps):
                 i = (r * args.steps + s) % len(batches[0])
                 t0 = time.perf_counter()
-                train_step(model, opt, loss_fn, batches[0][i], batches[1][i], cfg, k)
+                train_step(model, opt, loss_fn, batches[0][i], batches[1][i])
                 times[name][-1].append(time.perf_counter() - t0)
         i = r % len(batches[0])
-        parts.append(extra_parts(floor_model, floor_opt, batches[0][i], batches[1][i],
-                                 modes["sgt (shared)"], k))
+        parts.append(extra_parts(floor_model, floor_opt, batches[0][i], batches[1][i], modes["sgt (shared)"]))
     flat = {name: [t for rep in reps for t in rep] for name, reps in times.items()}
     base, best = statistics.median(flat["standard"]), min(flat["standard"])
     print(f"MNIST mnist-cnn, batch {args.batch_size}, CPU, {torch.get_num_threads()} threads, "

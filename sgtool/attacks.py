@@ -1,7 +1,8 @@
 """ATTACKS registry: name -> fn(model, x, y, eps, ..., generator=None) -> x_adv.
 
-Untargeted L-inf attacks on whole batches in pixel space: x (B, C, H, W) in [0, 1], labels y
-(B,). Every x_adv lies in the eps-ball around x and in [0, 1]. They follow torchattacks 3.5.1
+Untargeted L-inf attacks on whole batches in the model's input space: images x (B, C, H, W) in
+[0, 1], or series (B, T, F); labels y (B,). Every x_adv lies in the eps-ball around x and within
+`bounds` (default (0, 1), the pixel range; None for data without a fixed range). They follow torchattacks 3.5.1
 (fgsm.py, pgd.py, mifgsm.py) step for step, without its base class: our models carry their
 normalisation as their first layer, so no normalisation handling is needed here.
 
@@ -52,19 +53,23 @@ def predict(model, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=x.device)
 
 
-def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, generator=None) -> torch.Tensor:
+def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, generator=None, bounds=(0.0, 1.0)) -> torch.Tensor:
     """Goodfellow et al. 2015: one step of size eps along the sign of the input gradient."""
     x_adv = x.detach().clone()
     for s in _slices(x_adv):
         g = _loss_grad(model, x_adv[s], y[s])
         with torch.no_grad():
-            x_adv[s].add_(g.sign_(), alpha=eps).clamp_(0, 1)
+            x_adv[s].add_(g.sign_(), alpha=eps)
+            if bounds is not None:
+                x_adv[s].clamp_(*bounds)
     return x_adv
 
 
-def _box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The projection bounds: the eps-ball intersected with [0, 1], (x - eps) v 0 and (x + eps) ^ 1."""
-    return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+def _box(x: torch.Tensor, eps: float, bounds=(0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection bounds: the eps-ball intersected with the bounds, (x - eps) v lo and (x + eps) ^ hi."""
+    if bounds is None:
+        return x - eps, x + eps
+    return (x - eps).clamp_(min=bounds[0]), (x + eps).clamp_(max=bounds[1])
 
 
 def _iterate(model, y, x_adv, lo, hi, steps: int, step_size: float, decay: float | None = None):
@@ -80,7 +85,7 @@ def _iterate(model, y, x_adv, lo, hi, steps: int, step_size: float, decay: float
                     # Dong et al. 2018: the gradient over its per-sample mean |g| (torchattacks'
                     # L1 normalisation) accumulates with decay mu; the floor keeps an all-zero
                     # gradient from turning into NaN.
-                    g.div_(g.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-30))
+                    g.div_(g.abs().mean(dim=tuple(range(1, g.dim())), keepdim=True).clamp_min_(1e-30))
                     g = momentum.mul_(decay).add_(g)
                     xa.add_(g.sign(), alpha=step_size)
                 else:
@@ -90,14 +95,14 @@ def _iterate(model, y, x_adv, lo, hi, steps: int, step_size: float, decay: float
 
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, step_size: float = 0.01,
-        random_start: bool = True, restarts: int = 1, generator=None) -> torch.Tensor:
+        random_start: bool = True, restarts: int = 1, generator=None, bounds=(0.0, 1.0)) -> torch.Tensor:
     """Madry et al. 2018: `steps` signed-gradient steps, each projected on the eps-ball.
 
     random_start draws the start uniformly in the eps-ball (then clips to [0, 1]). With
     restarts > 1, each further restart attacks only the samples that no restart has fooled
     yet, so each sample keeps the first restart that fools the model (else the last one)."""
     x = x.detach()
-    lo, hi = _box(x, eps)
+    lo, hi = _box(x, eps, bounds)
     x_best = None
     todo = torch.arange(len(x), device=x.device)  # samples no restart has fooled yet
     for r in range(restarts):
@@ -122,11 +127,11 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, st
 
 
 def mifgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10, step_size: float = 0.01,
-           decay: float = 1.0, generator=None) -> torch.Tensor:
+           decay: float = 1.0, generator=None, bounds=(0.0, 1.0)) -> torch.Tensor:
     """Dong et al. 2018 (MI-FGSM): signed steps along a momentum of normalised gradients,
     projected on the eps-ball; it starts at x."""
     x = x.detach()
-    lo, hi = _box(x, eps)
+    lo, hi = _box(x, eps, bounds)
     return _iterate(model, y, x.clone(), lo, hi, steps, step_size, decay=decay)
 
 
@@ -141,7 +146,7 @@ def get_attack(name: str):
 
 def run_attack(name: str, model, x: torch.Tensor, y: torch.Tensor, eps: float, **params) -> torch.Tensor:
     """ATTACKS[name] with those of `params` that it takes (steps, step_size, restarts, decay,
-    random_start, generator), so one call site serves every attack."""
+    random_start, generator, bounds), so one call site serves every attack."""
     fn = get_attack(name)
     accepted = inspect.signature(fn).parameters
     return fn(model, x, y, eps, **{k: v for k, v in params.items() if k in accepted})

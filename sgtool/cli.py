@@ -467,6 +467,9 @@ def _sigterm(signum, frame):
 
 
 def main():
+    from .process import tune_process
+
+    tune_process()  # before torch loads: passive OpenMP waiting, glibc malloc thresholds
     # `kill` (SIGTERM) is treated like Ctrl-C: the run is saved and marked interrupted.
     signal.signal(signal.SIGTERM, _sigterm)
     try:

@@ -5,6 +5,10 @@ fills it from the dataset's defaults (data.DATASETS[name].defaults), so the stor
 always complete. The run id is the sha256 of the canonical JSON of the fields that change
 results; device, data dir and runs dir are left out, and so are the SGT-only fields when the
 trainer is `standard` and the ASGT-only fields when it is not `asgt`.
+
+Fields added after sgtool 0.1 (LEGACY_FIELDS lists the ones before) enter the hash only when
+they differ from their default, so that every run id of 0.1 stays valid: a config that does not
+use a new feature hashes exactly as before.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from .errors import UsageError, unknown_name
 
 TRAINERS = ("standard", "sgt", "asgt")
 OPTIMIZERS = ("adadelta", "sgd", "adam")
-MASK_FILLS = ("random", "mean", "zero")
-SALIENCY_SIGNS = ("abs", "signed")
 SALIENCY_PASSES = ("eval", "shared")
 ADV_ATTACKS = ("pgd", "fgsm")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,11 +36,12 @@ class TrainConfig:
     dataset: str = "synthetic"
     model: str | None = None
     trainer: str = "sgt"
-    # SGT (and ASGT) masking
+    # SGT (and ASGT) masking; None: the layout's default (images and series: random fill and
+    # |gradient|; tokens: previous-salient fill and the summed gradient)
     mask_frac: float = 0.5
     kl_weight: float = 1.0
-    mask_fill: str = "random"
-    saliency_sign: str = "abs"
+    mask_fill: str | None = None
+    saliency_sign: str | None = None
     saliency_pass: str = "eval"
     # ASGT's training attack; None means the dataset's attack defaults
     adv_attack: str = "pgd"
@@ -53,6 +56,9 @@ class TrainConfig:
     seed: int = 0
     train_size: int | None = None
     test_size: int | None = None
+    # --- added after 0.1: hashed only when not at their default ---
+    data_sha256: str | None = None  # npz:/pt: datasets: the file's sha256, filled by resolve
+    data_version: int | None = None  # the dataset's version, filled by resolve (synthetic: 2)
     # not part of the hash: they do not change results
     data_dir: str | None = None
     runs_dir: str | None = None
@@ -60,6 +66,11 @@ class TrainConfig:
 
 
 NOT_HASHED = {"data_dir", "runs_dir", "device"}
+LEGACY_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mask_fill", "saliency_sign",
+                 "saliency_pass", "adv_attack", "adv_eps", "adv_steps", "adv_step_size", "epochs", "batch_size",
+                 "lr", "optimizer", "seed", "train_size", "test_size")
+# Values of an added field that mean "as sgtool 0.1 did": such a field stays out of the hash.
+LEGACY_VALUES = {"data_version": (None, 1)}
 SGT_ONLY = {"mask_frac", "kl_weight", "mask_fill", "saliency_sign", "saliency_pass"}
 ASGT_ONLY = {"adv_attack", "adv_eps", "adv_steps", "adv_step_size"}
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -132,12 +143,24 @@ def make_config(yaml_path: str | Path | None = None, **flags) -> TrainConfig:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill unset fields from the dataset's defaults and check every value."""
     from .data import get_dataset
+    from .layout import LAYOUTS
 
     spec = get_dataset(cfg.dataset)
     d = dataclasses.asdict(cfg)
     for k, v in spec.defaults.items():
         if d.get(k) is None:
             d[k] = v
+    lay = LAYOUTS[spec.layout]
+    if d["mask_fill"] is None:
+        d["mask_fill"] = "previous-salient" if spec.layout == "tokens" else "random"
+    if d["saliency_sign"] is None:
+        d["saliency_sign"] = lay.default_sign
+    if d["data_version"] is None:
+        d["data_version"] = spec.version
+    if cfg.dataset.split(":", 1)[0] in ("npz", "pt") and d["data_sha256"] is None:
+        from .data.files import file_sha256
+
+        d["data_sha256"] = file_sha256(cfg.dataset)
     if cfg.trainer == "asgt":
         for k in ("eps", "steps", "step_size"):
             if d[f"adv_{k}"] is None:
@@ -149,13 +172,17 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     from .data import get_dataset
-    from .models import MODELS
+    from .layout import LAYOUTS
+    from .models import check_fits, get_model
 
     spec = get_dataset(cfg.dataset)
+    lay = LAYOUTS[spec.layout]
+    get_model(cfg.model)  # an unknown name lists the models; a bad module:factory says why
+    check_fits(cfg.model, spec, cfg.dataset)
     for kind, value, valid in [
-        ("model", cfg.model, MODELS), ("trainer", cfg.trainer, TRAINERS),
-        ("optimizer", cfg.optimizer, OPTIMIZERS), ("mask fill", cfg.mask_fill, MASK_FILLS),
-        ("saliency sign", cfg.saliency_sign, SALIENCY_SIGNS),
+        ("trainer", cfg.trainer, TRAINERS), ("optimizer", cfg.optimizer, OPTIMIZERS),
+        (f"{spec.layout} mask fill", cfg.mask_fill, lay.fills),
+        (f"{spec.layout} saliency sign", cfg.saliency_sign, lay.signs),
         ("saliency pass", cfg.saliency_pass, SALIENCY_PASSES), ("device", cfg.device, DEVICES),
         ("adversarial attack", cfg.adv_attack, ADV_ATTACKS),
     ]:
@@ -163,11 +190,14 @@ def validate(cfg: TrainConfig) -> None:
             raise unknown_name(kind, value, valid)
     if not (0.0 <= cfg.mask_frac < 1.0) or math.isnan(cfg.mask_frac):
         raise UsageError(f"--mask-frac must be in [0, 1), got {cfg.mask_frac}")
-    if cfg.trainer != "standard" and mask_k(cfg.mask_frac, spec.shape) == 0:
+    if cfg.trainer != "standard" and spec.layout != "tokens" and mask_k(cfg.mask_frac, spec.shape, spec.layout) == 0:
         raise UsageError(
-            f"--mask-frac {cfg.mask_frac} masks 0 of {spec.shape[1] * spec.shape[2]} features; "
+            f"--mask-frac {cfg.mask_frac} masks 0 of {lay.n_features(spec.shape)} features; "
             f"use a larger fraction or --trainer standard"
         )
+    if cfg.trainer == "asgt" and spec.layout == "tokens":
+        raise UsageError("--trainer asgt is for images and series: an adversarial embedding is not a text "
+                         "(see the README); use --trainer sgt or standard")
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -181,19 +211,38 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.trainer == "asgt":
         if not cfg.adv_eps >= 0:
             raise UsageError(f"--adv-eps must be non-negative, got {cfg.adv_eps}")
+        if cfg.adv_eps > eps_limit(spec):
+            raise UsageError(f"--adv-eps {cfg.adv_eps:g} is wider than {cfg.dataset}'s value range "
+                             f"({eps_limit(spec):g}); give an eps in the data's units")
         if cfg.adv_steps < 1:
             raise UsageError(f"--adv-steps must be at least 1, got {cfg.adv_steps}")
         if not cfg.adv_step_size > 0:
             raise UsageError(f"--adv-step-size must be positive, got {cfg.adv_step_size}")
 
 
-def mask_k(mask_frac: float, shape) -> int:
-    """k = floor(mask_frac * H * W): the number of positions SGT masks per sample."""
-    return int(math.floor(mask_frac * shape[1] * shape[2] + 1e-9))
+def mask_k(mask_frac: float, shape, layout: str = "image") -> int:
+    """k = floor(mask_frac x features): the number of features SGT masks per sample of `shape`
+    (image (C, H, W): H*W positions; series (T, F): T*F cells)."""
+    from .layout import LAYOUTS, n_masked
+
+    return n_masked(mask_frac, LAYOUTS[layout].n_features(shape))
+
+
+def eps_limit(spec) -> float:
+    """The largest sensible eps: the width of the data's value range (1 for images in [0, 1])."""
+    if spec.bounds is not None:
+        return spec.bounds[1] - spec.bounds[0]
+    return float(spec.attack.get("range", math.inf))
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def hashed_fields(cfg: TrainConfig) -> dict:
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
+    for k in list(d):
+        if k not in LEGACY_FIELDS and d[k] in LEGACY_VALUES.get(k, (_FIELD_DEFAULTS[k],)):
+            del d[k]
     if cfg.trainer == "standard":
         d = {k: v for k, v in d.items() if k not in SGT_ONLY}
     if cfg.trainer != "asgt":
@@ -227,19 +276,30 @@ def from_dict(d: dict) -> TrainConfig:
 MASK_EVAL_METHODS = ("grad", "smoothgrad", "ig", "deeplift", "gradshap", "deepliftshap", "random")
 MASK_EVAL_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MASK_ORDERS = ("morf", "lerf")
-MASK_EVAL_FILLS = ("background", "mean", "zero", "random", "blur")
 MASK_TARGETS = ("label", "predicted")
-IG_BASELINES = ("zero", "random")
+MASK_OUTPUTS = ("logprob", "logit")
+MASK_TIES = ("random", "index")
+# Values of the fields added after sgtool 0.1 that reproduce 0.1's evaluation: at these values
+# a field stays out of the evaluation's hash, so 0.1's cached results keep their ids.
+MASK_EVAL_LEGACY = {"output": "logit", "ties": "index", "reduce": "abs", "random_seeds": 1,
+                    "rationale_fraction": True}
 
 
 @dataclass(frozen=True)
 class MaskEvalConfig:
-    methods: tuple[str, ...] = MASK_EVAL_METHODS
-    fractions: tuple[float, ...] = MASK_EVAL_FRACTIONS
+    """None means: the default for the run's kind of data, filled by `resolve_mask_eval` before
+    hashing (images: the authors' seven methods, fractions 0 to 0.9, background fill)."""
+    methods: tuple[str, ...] | None = None
+    fractions: tuple[float, ...] | None = None
     order: str = "morf"  # most salient removed first; "lerf": least salient first
-    fill: str = "background"  # background | mean | zero | random | blur
+    fill: str | None = None  # images: background | mean | zero | random | blur; series: + the process's
     target: str = "label"  # label | predicted
-    baseline: str = "zero"  # ig baseline: zero | random
+    baseline: str = "authors"  # ig / deeplift / shap references: authors | zero | uniform | random | pad
+    output: str = "logprob"  # the explained output: log p(target | x), or the target's logit
+    ties: str = "random"  # equal scores ordered at random (seeded), or by flat index (0.1's rule)
+    reduce: str = "abs"  # image channels: mean of |attr| ("abs") or |mean attr| ("abs-mean")
+    random_seeds: int = 1  # text: the random ranking averaged over this many seeds
+    rationale_fraction: bool = True  # text: also score at the human rationales' share of tokens
     limit: int | None = None  # first N test samples
     batch_size: int = 250
     seed: int = 0
@@ -280,30 +340,63 @@ def mask_eval_config(methods=None, fractions=None, **kw) -> MaskEvalConfig:
     return cfg
 
 
-def validate_mask_eval(cfg: MaskEvalConfig) -> None:
-    from .saliency import SALIENCY
+TEXT_METHODS = ("grad", "ig", "smoothgrad", "random")
+TEXT_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 0.5)  # ERASER's AOPC thresholds
 
-    if not cfg.methods:
-        raise UsageError("--method is empty; give a comma-separated list")
-    for m in cfg.methods:
-        if m not in SALIENCY:
-            raise unknown_name("saliency method", m, SALIENCY)
+
+def resolve_mask_eval(cfg: MaskEvalConfig, dataset: str) -> MaskEvalConfig:
+    """Fill the per-kind defaults for a run of `dataset`, then validate: the result is what gets
+    hashed and run."""
+    from .data import get_dataset
+    from .layout import LAYOUTS
+
+    spec = get_dataset(dataset)
+    lay = LAYOUTS[spec.layout]
+    d = {}
+    if cfg.methods is None:
+        d["methods"] = TEXT_METHODS if spec.layout == "tokens" else MASK_EVAL_METHODS
+    if cfg.fractions is None:
+        d["fractions"] = TEXT_FRACTIONS if spec.layout == "tokens" else MASK_EVAL_FRACTIONS
+    if cfg.fill is None and spec.layout != "tokens":
+        # images: the authors' top-left pixel; series: a fresh draw of the dataset's background
+        # process (the benchmark's fill) where it has one, else uniform noise in the series' range
+        d["fill"] = "background" if spec.layout == "image" or spec.background else "random"
+    cfg = dataclasses.replace(cfg, **d)
+    validate_mask_eval(cfg)
+    if spec.layout != "tokens" and cfg.fill not in lay.fills:
+        raise unknown_name(f"{spec.layout} fill", cfg.fill, lay.fills)
+    if spec.layout == "image" and cfg.reduce not in ("abs", "abs-mean"):
+        raise unknown_name("image channel reduction", cfg.reduce, ("abs", "abs-mean"))
+    return cfg
+
+
+def validate_mask_eval(cfg: MaskEvalConfig) -> None:
+    from .saliency import BASELINES, get_saliency
+
+    if cfg.methods is not None:
+        if not cfg.methods:
+            raise UsageError("--method is empty; give a comma-separated list")
+        for m in cfg.methods:
+            get_saliency(m)
     for kind, value, valid in [
-        ("order", cfg.order, MASK_ORDERS), ("fill", cfg.fill, MASK_EVAL_FILLS),
-        ("target", cfg.target, MASK_TARGETS), ("ig baseline", cfg.baseline, IG_BASELINES),
-        ("device", cfg.device, DEVICES),
+        ("order", cfg.order, MASK_ORDERS), ("target", cfg.target, MASK_TARGETS),
+        ("baseline", cfg.baseline, BASELINES), ("output", cfg.output, MASK_OUTPUTS),
+        ("ties", cfg.ties, MASK_TIES), ("device", cfg.device, DEVICES),
     ]:
         if value not in valid:
             raise unknown_name(kind, value, valid)
-    if not cfg.fractions:
-        raise UsageError("--fractions is empty; give a comma-separated list such as 0,0.1,0.5")
-    for f in cfg.fractions:
-        if not (0.0 <= f < 1.0):  # also refuses nan
-            raise UsageError(f"--fractions: {f} is outside [0, 1); give shares of the features to remove")
+    if cfg.fractions is not None:
+        if not cfg.fractions:
+            raise UsageError("--fractions is empty; give a comma-separated list such as 0,0.1,0.5")
+        for f in cfg.fractions:
+            if not (0.0 <= f < 1.0):  # also refuses nan
+                raise UsageError(f"--fractions: {f} is outside [0, 1); give shares of the features to remove")
     if cfg.limit is not None and cfg.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.random_seeds < 1:
+        raise UsageError(f"--random-seeds must be at least 1, got {cfg.random_seeds}")
 
 # --- AttackConfig (issue 4) ---
 
@@ -360,7 +453,8 @@ def resolve_attack(cfg: AttackConfig, dataset: str) -> AttackConfig:
     from .data import get_dataset
 
     validate_attack(cfg)
-    spec = get_dataset(dataset).attack
+    ds = get_dataset(dataset)
+    spec = ds.attack
     cfg = dataclasses.replace(
         cfg,
         methods=tuple(dict.fromkeys(cfg.methods)),
@@ -369,6 +463,11 @@ def resolve_attack(cfg: AttackConfig, dataset: str) -> AttackConfig:
         step_size=float(cfg.step_size if cfg.step_size is not None else spec["step_size"]),
     )
     validate_attack(cfg)
+    limit = eps_limit(ds)
+    for e in cfg.eps:
+        if e > limit:
+            unit = " (pixel space)" if ds.layout == "image" else ""
+            raise UsageError(f"--eps must be in [0, {limit:g}]{unit} for {dataset}, got {e:g}")
     return cfg
 
 
@@ -395,8 +494,8 @@ def validate_attack(cfg: AttackConfig) -> None:
         for e in cfg.eps:
             if not _is_real(e):
                 raise UsageError(f"--eps: {e!r} is not a finite number")
-            if not 0 <= e <= 1:
-                raise UsageError(f"--eps must be in [0, 1] (pixel space), got {e}")
+            if e < 0:
+                raise UsageError(f"--eps must be non-negative, got {e}")
     if cfg.step_size is not None and not (_is_real(cfg.step_size) and cfg.step_size > 0):
         raise UsageError(f"--step-size must be a positive number, got {cfg.step_size!r}")
     if cfg.decay is None or not (_is_real(cfg.decay) and cfg.decay >= 0):
@@ -413,7 +512,13 @@ def validate_attack(cfg: AttackConfig) -> None:
         raise unknown_name("device", cfg.device, DEVICES)
 
 
+EVAL_LEGACY = {"MaskEvalConfig": MASK_EVAL_LEGACY, "ExplainConfig": {"output": "logit", "baseline": "zero"}}
+
+
 def eval_hash(cfg, run_id: str) -> str:
-    """12 hex digits over the run id and the evaluation config's result-changing fields."""
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
+    """12 hex digits over the run id and the evaluation config's result-changing fields. Fields
+    added after 0.1 are left out at their legacy values (EVAL_LEGACY)."""
+    legacy = EVAL_LEGACY.get(type(cfg).__name__, {})
+    d = {k: v for k, v in dataclasses.asdict(cfg).items()
+         if k not in NOT_HASHED and not (k in legacy and v == legacy[k])}
     return canonical_hash({"run": run_id, "kind": type(cfg).__name__, **d})[:12]

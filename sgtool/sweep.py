@@ -127,7 +127,7 @@ def _build_eval(kind: str, settings: dict, where: str):
             cfg = AttackConfig(**settings)
             validate_attack(cfg)
             return cfg
-        from .report import ExplainConfig, validate_explain
+        from .report.explain import ExplainConfig, validate_explain
 
         cfg = ExplainConfig(**settings)
         validate_explain(cfg)
@@ -344,6 +344,10 @@ def _dry_row(root: Path, cell: Cell) -> dict:
             from .config import resolve_attack
 
             ecfg = resolve_attack(ecfg, cell.cfg.dataset)  # what attack_eval hashes
+        elif kind == "mask_eval":
+            from .config import resolve_mask_eval
+
+            ecfg = resolve_mask_eval(ecfg, cell.cfg.dataset)  # what mask_eval hashes
         done = state == "completed" and (root / cell.run_id / kind / f"{eval_hash(ecfg, cell.run_id)}.json").is_file()
         row[kind] = "cached" if done else "todo"
     return row

@@ -1,8 +1,6 @@
 """The asgt trainer: its loss against a hand computation on a linear softmax model, the training
 attack's settings and mode, and ASGT runs in the store and through `sgtool train` / `attack`."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -11,14 +9,19 @@ from typer.testing import CliRunner
 
 from sgtool import attacks
 from sgtool.cli import app
-from sgtool.config import TrainConfig
-from sgtool.train import asgt_loss
+from sgtool.sgt import ASGTLoss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-CFG = TrainConfig(trainer="asgt", adv_attack="fgsm", adv_eps=0.1, adv_steps=1, adv_step_size=0.1,
-                  mask_fill="zero", kl_weight=0.7, saliency_pass="eval", saliency_sign="abs")
+CFG = dict(attack="fgsm", eps=0.1, steps=1, step_size=0.1, fill="zero", kl_weight=0.7, saliency_pass="eval",
+           sign="abs")
+
+
+def asgt_loss(model, x, y, cfg, k):
+    """(loss, logits, parts as floats) of ASGTLoss masking k of x's 4 pixels."""
+    loss = ASGTLoss(mask_frac=k / 4, **cfg)(model, x, y)
+    return loss, loss.logits, {name: v.item() for name, v in loss.parts.items()}
 
 
 def linear_model():
@@ -78,7 +81,7 @@ def test_loss_equals_hand_computation():
 def test_shared_saliency_pass_equals_eval_without_dropout():
     model = linear_model().train()
     a, _, _ = asgt_loss(model, X.view(3, 1, 2, 2), Y, CFG, 2)
-    b, _, _ = asgt_loss(model, X.view(3, 1, 2, 2), Y, dataclasses.replace(CFG, saliency_pass="shared"), 2)
+    b, _, _ = asgt_loss(model, X.view(3, 1, 2, 2), Y, {**CFG, "saliency_pass": "shared"}, 2)
     assert a.item() == pytest.approx(b.item(), abs=1e-12)
 
 
@@ -96,7 +99,7 @@ def test_training_attack_settings_and_eval_mode(monkeypatch):
     monkeypatch.setattr(attacks, "run_attack", spy)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).double()
     model.train()
-    cfg = dataclasses.replace(CFG, adv_attack="pgd", adv_eps=0.05, adv_steps=3, adv_step_size=0.02)
+    cfg = {**CFG, "attack": "pgd", "eps": 0.05, "steps": 3, "step_size": 0.02}
     loss, _, parts = asgt_loss(model, X.view(3, 1, 2, 2), Y, cfg, 1)
     assert seen["name"] == "pgd" and seen["eps"] == 0.05 and seen["steps"] == 3 and seen["step_size"] == 0.02
     assert seen["training"] is False and model.training

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from sgtool.attacks import predict
 from sgtool.cli import app
 from sgtool.config import AttackConfig, make_config
-from sgtool.evaluate import _attack_mode, _attack_warnings, attack_eval
+from sgtool.evaluate import attack_eval
+from sgtool.evaluate.attack import _attack_mode, _attack_warnings
 from sgtool.models import build
 from sgtool.store import find_run, load_tensors, read_csv, save_tensors
 from sgtool.train import accuracy, load_model, train_run
@@ -172,7 +173,8 @@ def test_cli_table_and_warnings(run, tmp_path):
 
 @pytest.mark.parametrize("args, code, fragment", [
     (["--method", "pgd,cw"], 2, "unknown attack method 'cw'; choose from: fgsm, mifgsm, pgd"),
-    (["--eps", "-0.1"], 2, "--eps must be in [0, 1] (pixel space), got -0.1"),
+    (["--eps", "-0.1"], 2, "--eps must be non-negative, got -0.1"),
+    (["--eps", "1.5"], 2, "--eps must be in [0, 1] (pixel space) for synthetic, got 1.5"),
     (["--eps", "0.1,abc"], 2, "--eps: 'abc' is not a number"),
     (["--eps", "0.1,,0.3"], 2, "--eps: '' is not a number"),
     (["--eps", "nan"], 2, "--eps: nan is not a finite number"),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgtool import data
-from sgtool.data import DATASETS, get_dataset, load, make_synthetic
+from sgtool.data import DATASETS, get_dataset, images, load
+from sgtool.data.images import make_synthetic
 from sgtool.errors import SgtoolError, UsageError
 
 
@@ -88,15 +88,15 @@ def test_download_checks_md5(tmp_path, monkeypatch):
     fake_mnist(src)
     files = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in src.iterdir()}
     monkeypatch.setenv("SGTOOL_OFFLINE", "0")
-    monkeypatch.setitem(data.MIRRORS, "mnist", [src.as_uri() + "/"])
-    monkeypatch.setattr(data, "MNIST_FILES", files)
-    loader = data._idx_loader("mnist", files, list("0123456789"))
+    monkeypatch.setitem(images.MIRRORS, "mnist", [src.as_uri() + "/"])
+    monkeypatch.setattr(images, "MNIST_FILES", files)
+    loader = images.idx_loader("mnist", files, list("0123456789"))
     d = loader(tmp_path / "dl", None, None)
     assert d.x_train.shape == (20, 1, 28, 28)
     assert (tmp_path / "dl" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
     bad = dict(files, **{"t10k-labels-idx1-ubyte.gz": "0" * 32})
     with pytest.raises(SgtoolError, match="t10k-labels-idx1-ubyte.gz"):
-        data._idx_loader("mnist", bad, list("0123456789"))(tmp_path / "dl2", None, None)
+        images.idx_loader("mnist", bad, list("0123456789"))(tmp_path / "dl2", None, None)
     assert not (tmp_path / "dl2" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
@@ -144,7 +144,7 @@ def test_cifar10_refuses_foreign_objects(tmp_path):
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(UsageError, match="choose from: cifar10, fashion-mnist, mnist, synthetic"):
+    with pytest.raises(UsageError, match="choose from: cifar10, "):
         load("svhn")
 
 
@@ -168,5 +168,6 @@ def test_real_fashion_mnist(shared_data):
 
 def test_all_datasets_registered_with_shapes():
     for name, spec in DATASETS.items():
-        assert len(spec.mean) == spec.shape[0] == len(spec.std), name
+        if spec.layout == "image":
+            assert len(spec.mean) == spec.shape[0] == len(spec.std), name
         assert {"eps", "step_size", "steps"} <= set(spec.attack), name

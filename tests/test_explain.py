@@ -12,7 +12,9 @@ from sgtool import report
 from sgtool.cli import app
 from sgtool.config import make_config
 from sgtool.errors import UsageError
-from sgtool.saliency import get_saliency
+from sgtool.report.explain import CELL_W, explain_size
+from sgtool.report.plots import DPI, plot_explain
+from sgtool.saliency import LogProb, get_saliency
 from sgtool.store import find_run, runs_root
 from sgtool.train import load_model, train_run
 
@@ -39,16 +41,16 @@ def test_png_grid_size_and_raw_maps(runs, tmp_path):
     out = tmp_path / "maps" / "grid.png"
     res = report.explain(runs, ["grad", "random"], n=3, out=out, device="cpu")
     # one row per sample; the input column plus one per (run, method) pair
-    assert png_size(out) == res["size"] == report.explain_size(3, 1 + 2 * 2)
-    assert res["size"][0] == round(5 * report.CELL_W * report.DPI)
+    assert png_size(out) == res["size"] == explain_size(3, 1 + 2 * 2)
+    assert res["size"][0] == round(5 * CELL_W * DPI)
     maps = report.read_maps(res["maps"])
     assert res["maps"] == tmp_path / "maps" / "grid.safetensors"
     assert [(c["run"], c["method"]) for c in maps["columns"]] == [
         (runs[0]["id"], "grad"), (runs[0]["id"], "random"), (runs[1]["id"], "grad"), (runs[1]["id"], "random")]
     assert maps["input"].shape == (3, 1, 28, 28) and maps["index"].tolist() == [0, 1, 2]
-    # the saved map is the saliency of that run's model on those samples, for its label
+    # the saved map is the saliency of that run's model on those samples: of log p(label | x)
     model, _ = load_model(runs[1], "cpu")
-    expect = get_saliency("grad")(model, maps["input"].clone(), maps["label"])
+    expect = get_saliency("grad")(LogProb(model), maps["input"].clone(), maps["label"])
     torch.testing.assert_close(maps["maps"][2], expect)
     assert torch.equal(maps["pred"][2], model(maps["input"]).argmax(1))
     assert "sgt mask-frac 0.5" in maps["columns"][2]["title"] and "standard" in maps["columns"][0]["title"]
@@ -57,7 +59,7 @@ def test_png_grid_size_and_raw_maps(runs, tmp_path):
 def test_index_picks_samples_and_bad_input(runs, tmp_path):
     res = report.explain(runs[:1], ["grad"], indices=[5, 2], out=tmp_path / "i.png", device="cpu")
     assert report.read_maps(res["maps"])["index"].tolist() == [5, 2]
-    assert png_size(res["png"]) == report.explain_size(2, 2)
+    assert png_size(res["png"]) == explain_size(2, 2)
     with pytest.raises(UsageError, match="--index 64 is out of range: the test split has 64 samples"):
         report.explain(runs[:1], ["grad"], indices=[64], out=tmp_path / "j.png", device="cpu")
     with pytest.raises(UsageError, match="unknown saliency method 'nope'"):
@@ -78,11 +80,11 @@ def test_explain_run_is_cached_and_reported_side_by_side(runs, tmp_path):
     again = report.explain_run(runs[0], cfg)
     assert again["cached"] and again["maps"].stat().st_mtime_ns == mtime
     rep = report.collect(runs[0]["dir"].parent)
-    figs = report.plot_explain(rep)
+    figs = plot_explain(rep)
     assert [name for name, _, _ in figs] == ["saliency_synthetic.png"]
     out = tmp_path / "side.png"
     out.write_bytes(figs[0][2])
-    assert png_size(out) == report.explain_size(2, 1 + 2)  # both runs' columns in one grid
+    assert png_size(out) == explain_size(2, 1 + 2)  # both runs' columns in one grid
 
 
 runner = CliRunner()
@@ -94,7 +96,7 @@ def test_cli_explain(runs, tmp_path):
     r = runner.invoke(app, ["explain", runs[0]["id"][:6], runs[1]["id"], "--method", "grad,random", "--n", "2",
                             "--out", str(out), "--runs-dir", root, "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert png_size(out) == report.explain_size(2, 5) and out.with_suffix(".safetensors").is_file()
+    assert png_size(out) == explain_size(2, 5) and out.with_suffix(".safetensors").is_file()
     # a run selected by its training flags instead of its id
     r = runner.invoke(app, ["explain", "--trainer", "sgt", "--model", "mlp", "--train-size", "256", "--test-size", "64",
                             "--epochs", "1", "--n", "1", "--out", str(tmp_path / "f.png"), "--runs-dir", root])

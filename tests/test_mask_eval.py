@@ -2,6 +2,7 @@
 truth metrics against hand computations, and the `sgtool mask-eval` command."""
 
 import csv
+import importlib
 import json
 
 import pytest
@@ -11,11 +12,20 @@ from typer.testing import CliRunner
 
 from sgtool import evaluate
 from sgtool.cli import app
-from sgtool.config import MaskEvalConfig, config_hash, eval_hash, make_config, mask_eval_config, mask_k
+from sgtool.config import (
+    MaskEvalConfig,
+    config_hash,
+    eval_hash,
+    make_config,
+    mask_eval_config,
+    mask_k,
+    resolve_mask_eval,
+)
 from sgtool.data import load
 from sgtool.errors import UsageError
 from sgtool.evaluate import mask_eval, precision_at_gt, saliency_precision_recall
-from sgtool.saliency import SALIENCY, get_saliency, position_score, removal_rank
+from sgtool.layout import removal_rank
+from sgtool.saliency import SALIENCY, get_saliency, position_score
 from sgtool.store import find_run
 from sgtool.train import accuracy, load_model, train_run
 
@@ -44,7 +54,8 @@ def test_exactly_the_k_most_salient_positions_are_removed_once_each(run, monkeyp
     score = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).float().view(n, 1, 28, 28)
     monkeypatch.setitem(SALIENCY, "probe", lambda model, x, target, **kw: score[: len(x)])
     seen = []
-    real_load = evaluate.load_model
+    module = importlib.import_module("sgtool.evaluate.mask_eval")
+    real_load = module.load_model
 
     class Recorder(nn.Module):
         def __init__(self, model):
@@ -55,9 +66,9 @@ def test_exactly_the_k_most_salient_positions_are_removed_once_each(run, monkeyp
             seen.append(x.detach().clone())
             return self.model(x)
 
-    monkeypatch.setattr(evaluate, "load_model", lambda r, device: (Recorder(real_load(r, device)[0]), real_load(r, device)[1]))
+    monkeypatch.setattr(module, "load_model", lambda r, device: (Recorder(real_load(r, device)[0]), real_load(r, device)[1]))
     x = load("synthetic", test_size=64).x_test[:n]
-    rank = removal_rank(score[:, 0])  # (n, H, W)
+    rank = removal_rank(score.view(n, -1)).view(n, 28, 28)  # (n, H, W)
     fractions = (0.0, 0.1, 0.25, 0.5, 0.9)
     ks = {mask_k(f, (1, 28, 28)) for f in fractions} - {0}
     di = [mask_k(j / 10, (1, 28, 28)) for j in range(1, 10)]  # deletion / insertion points
@@ -100,7 +111,7 @@ def test_fraction_zero_is_the_clean_accuracy_for_every_method(run):
 def test_files_summary_and_cache(run):
     cfg = MaskEvalConfig(methods=("grad", "random"), fractions=(0.0, 0.2, 0.6), limit=32, batch_size=20)
     res = mask_eval(run, cfg, force=True)
-    eid = eval_hash(cfg, run["id"])
+    eid = eval_hash(resolve_mask_eval(cfg, "synthetic"), run["id"])
     folder = run["dir"] / "mask_eval"
     assert res["id"] == eid and res["path"] == folder / f"{eid}.csv" and not res["cached"]
     with open(folder / f"{eid}.csv") as f:
@@ -189,12 +200,16 @@ def test_config_validation():
         (dict(limit=0), "--limit must be at least 1"),
         (dict(batch_size=0), "--batch-size must be at least 1"),
         (dict(order="middle"), "unknown order 'middle'"),
-        (dict(fill="noise"), "unknown fill 'noise'"),
         (dict(target="other"), "unknown target 'other'"),
-        (dict(baseline="mean"), "unknown ig baseline 'mean'"),
+        (dict(baseline="mean"), "unknown baseline 'mean'"),
+        (dict(output="prob"), "unknown output 'prob'"),
+        (dict(ties="first"), "unknown ties 'first'"),
     ]:
         with pytest.raises(UsageError, match=msg.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             mask_eval_config(**kw)
+    # the fill depends on the kind of data: checked against the run's dataset
+    with pytest.raises(UsageError, match="unknown image fill 'noise'"):
+        resolve_mask_eval(mask_eval_config(fill="noise"), "synthetic")
 
 
 # --------------------------------------------------------------------------- the command
@@ -211,7 +226,8 @@ def test_cli_by_id_then_cached_then_by_training_flags(run):
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "accuracy, share of features removed" in out and "auc_vs_random" in out and "precision_at_gt" in out
-    eid = eval_hash(mask_eval_config(methods="grad,random", fractions="0,0.5", limit=16), run["id"])
+    eid = eval_hash(resolve_mask_eval(mask_eval_config(methods="grad,random", fractions="0,0.5", limit=16),
+                                      "synthetic"), run["id"])
     assert (run["dir"] / "mask_eval" / f"{eid}.json").is_file()
     again = invoke(*TRAIN_FLAGS, *args)  # the same run, found by the hash of its training config
     assert config_hash(make_config(**TRAIN)) == run["id"]
@@ -219,12 +235,13 @@ def test_cli_by_id_then_cached_then_by_training_flags(run):
 
 
 @pytest.mark.parametrize("args, code, fragment", [
-    (["{id}", "--method", "grad,lime"], 2, "unknown saliency method 'lime'; choose from: deeplift, deepliftshap, "
-                                           "grad, gradshap, guided-backprop, ig, inputxgrad, occlusion, random, smoothgrad"),
+    (["{id}", "--method", "grad,lime"], 2, "unknown saliency method 'lime'; choose from: deeplift, deeplift-authors, "
+                                           "deepliftshap, grad, gradshap, guided-backprop, ig, inputxgrad, occlusion, "
+                                           "random, smoothgrad, tsr-<method>"),
     (["{id}", "--fractions", "0,1"], 2, "--fractions: 1.0 is outside [0, 1)"),
     (["{id}", "--fractions", "-0.1"], 2, "--fractions: -0.1 is outside [0, 1)"),
     (["{id}", "--limit", "0"], 2, "--limit must be at least 1, got 0"),
-    (["{id}", "--fill", "noise"], 2, "unknown fill 'noise'"),
+    (["{id}", "--fill", "noise"], 2, "unknown image fill 'noise'"),
     (["ffffff"], 1, "no run 'ffffff' in"),
     ([], 1, "name a run id, or give the training flags"),
     (["--dataset", "synthetic", "--epochs", "7"], 1, "no run for that training config"),

@@ -83,7 +83,7 @@ def _pool_inputs():
 def test_max_pool2d_equals_torch_in_values_indices_and_gradients(kind, args):
     """sgtool's MaxPool2d (the channels-last kernel on CPU) gives bit for bit nn.MaxPool2d's
     outputs, argmax indices and input gradients, and really takes its own path."""
-    from sgtool.models import MaxPool2d, max_pool2d
+    from sgtool.fastpath import MaxPool2d, max_pool2d
 
     x = _pool_inputs()[kind]
     ours, ref = MaxPool2d(**args), torch.nn.MaxPool2d(**args)
@@ -101,7 +101,7 @@ def test_max_pool2d_equals_torch_in_values_indices_and_gradients(kind, args):
 
 
 def test_max_pool2d_keeps_other_layouts_and_return_indices_on_torchs_path():
-    from sgtool.models import MaxPool2d
+    from sgtool.fastpath import MaxPool2d
 
     x = torch.rand(2, 4, 8, 8)
     cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -150,7 +150,7 @@ def test_linear_equals_torch_in_values_and_gradients(shape, bias):
     """sgtool's Linear gives nn.Linear's outputs, weight and bias gradients bit for bit (the same
     kernels), and its input gradient through its own kernel, to float rounding (bit for bit on
     mnist-cnn's shapes on the machines measured, but not promised)."""
-    from sgtool.models import Linear
+    from sgtool.fastpath import Linear
 
     n, i, o = shape
     torch.manual_seed(0)
@@ -173,7 +173,7 @@ def test_linear_equals_torch_in_values_and_gradients(shape, bias):
 def test_linear_input_gradient_takes_its_own_kernel(monkeypatch):
     """The backward's input gradient is linear_input_grad's (not autograd's addmm backward), and
     linear_input_grad without oneDNN is the plain product."""
-    from sgtool import models
+    from sgtool import fastpath as models
 
     calls = []
     real = models.linear_input_grad
@@ -188,7 +188,7 @@ def test_linear_input_gradient_takes_its_own_kernel(monkeypatch):
 
 def test_linear_keeps_torchs_path_off_its_fast_case():
     """3-D inputs, and inputs that need no gradient, run nn.Linear's own forward."""
-    from sgtool.models import Linear
+    from sgtool.fastpath import Linear
 
     lin = Linear(5, 4)
     x = torch.randn(2, 3, 5, requires_grad=True)
@@ -215,7 +215,7 @@ def test_linear_supports_double_backward_like_torch(wrt):
 def test_linear_skips_the_weight_gradient_when_only_the_input_gradient_is_wanted(monkeypatch):
     """torch.autograd.grad(..., x), as the saliency pass calls it, leaves the weight gradient
     uncomputed; a backward into the parameters computes it."""
-    from sgtool import models
+    from sgtool import fastpath as models
 
     seen = []
     real = models._wanted
@@ -232,7 +232,7 @@ def test_linear_skips_the_weight_gradient_when_only_the_input_gradient_is_wanted
 def test_linear_input_grad_takes_any_strides(layout):
     """Gradients reach the backward in any layout (a .sum() sends an expanded one); the oneDNN
     product must equal g @ W for each, as must a non-contiguous weight."""
-    from sgtool.models import linear_input_grad
+    from sgtool.fastpath import linear_input_grad
 
     torch.manual_seed(0)
     w = torch.randn(7, 20)

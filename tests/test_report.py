@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from sgtool import report
 from sgtool.cli import app
 from sgtool.config import config_hash, make_config, to_dict
+from sgtool.errors import UsageError
+from sgtool.report.tables import fmt_eps
 from sgtool.store import write_csv, write_json, write_yaml
 
 FRACTIONS = [0.0, 0.25, 0.5, 0.75]
@@ -101,9 +103,9 @@ def test_where_filters_on_config_keys(store):
     assert set(rep.groups["trainer"]) == {"sgt"} and len(rep.runs) == 2
     assert len(report.collect(root, where=["seed=1"]).runs) == 2
     assert report.collect(root, where=["dataset=mnist"]).empty
-    with pytest.raises(report.UsageError, match="unknown --where key 'colour'"):
+    with pytest.raises(UsageError, match="unknown --where key 'colour'"):
         report.collect(root, where=["colour=red"])
-    with pytest.raises(report.UsageError, match="key=value"):
+    with pytest.raises(UsageError, match="key=value"):
         report.collect(root, where=["trainer"])
 
 
@@ -172,7 +174,7 @@ def test_corrupt_and_half_written_are_skipped_with_warnings(store):
 
 
 def test_eps_labels():
-    assert report.fmt_eps(0.1) == "0.1" and report.fmt_eps(8 / 255) == "8/255" and report.fmt_eps(0.2) == "0.2"
+    assert fmt_eps(0.1) == "0.1" and fmt_eps(8 / 255) == "8/255" and fmt_eps(0.2) == "0.2"
 
 
 # --------------------------------------------------------------------------- CLI

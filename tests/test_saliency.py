@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 
 from sgtool.errors import UsageError
+from sgtool.layout import removal_rank
 from sgtool.models import MODELS, build
-from sgtool.saliency import SALIENCY, get_saliency, position_score, removal_rank
+from sgtool.saliency import SALIENCY, get_saliency, position_score
 
 
 def tiny_batch(model_name="mlp", n=3):
@@ -43,7 +44,7 @@ def test_ig_baselines_differ_and_unknown_method_lists_names():
     model, x, t = tiny_batch()
     ig = get_saliency("ig")
     assert not torch.allclose(ig(model, x, t, baseline="zero"), ig(model, x, t, baseline="random", seed=0))
-    with pytest.raises(UsageError, match="choose from: deeplift, deepliftshap, grad"):
+    with pytest.raises(UsageError, match="choose from: deeplift, deeplift-authors, deepliftshap, grad"):
         get_saliency("lime")
 
 
@@ -87,8 +88,8 @@ def test_every_relu_of_the_resnet_is_its_own_module():
 def test_removal_rank_masks_exactly_the_k_most_salient_nested():
     g = torch.Generator().manual_seed(0)
     score = torch.randint(0, 5, (4, 6, 6), generator=g).float()  # many ties
-    rank = removal_rank(score)
     flat = score.flatten(1)
+    rank = removal_rank(flat)
     prev = torch.zeros_like(flat, dtype=torch.bool)
     for k in range(37):
         mask = (rank < k).flatten(1)
@@ -120,7 +121,8 @@ def test_deeplift_treats_sgtools_max_pool_as_a_max_pool(name):
     """Captum picks DeepLift's rule by exact layer type, so sgtool's MaxPool2d must be given
     nn.MaxPool2d's rule. With the pool straight after a convolution the rule matters (treated as
     linear, the attributions differ), and the attributions must equal nn.MaxPool2d's."""
-    from sgtool.models import MaxPool2d, Normalize
+    from sgtool.fastpath import MaxPool2d
+    from sgtool.models import Normalize
 
     def net(pool):
         torch.manual_seed(0)

@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from sgtool.config import make_config
+from sgtool.sgt import SGTLoss, StandardLoss
 from sgtool.store import read_run
-from sgtool.train import LOSSES, sgt_loss, standard_loss, train_run
+from sgtool.train import LOSSES, train_run
 
 TINY = dict(dataset="synthetic", model="mlp", train_size=256, test_size=64, epochs=2, batch_size=64)
 
@@ -36,8 +37,8 @@ def test_sgt_loss_matches_hand_computation():
     model = Linear2x2(w)
     x = torch.tensor([[[[0.2, 0.9], [0.4, 0.6]]]])
     y = torch.tensor([0])
-    cfg = make_config(trainer="sgt", mask_frac=0.5, mask_fill="zero", kl_weight=0.7)
-    loss, logits, parts = sgt_loss(model, x, y, cfg, k=2)
+    loss = SGTLoss(mask_frac=0.5, fill="zero", kl_weight=0.7)(model, x, y)
+    parts = {k: v.item() for k, v in loss.parts.items()}
 
     # By hand. logits z = W x; grad of log p_0 wrt x = W_0 - sum_c p_c W_c.
     xv = [0.2, 0.9, 0.4, 0.6]
@@ -63,14 +64,14 @@ def test_shared_pass_gives_same_loss_without_dropout():
     model = Linear2x2([[1.0, -2.0, 0.5, 0.0], [0.3, 0.1, -1.0, 2.0]])
     x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 1])
-    a = sgt_loss(model, x, y, make_config(mask_fill="zero"), k=2)[0]
-    b = sgt_loss(model, x, y, make_config(mask_fill="zero", saliency_pass="shared"), k=2)[0]
+    a = SGTLoss(fill="zero")(model, x, y)
+    b = SGTLoss(fill="zero", saliency_pass="shared")(model, x, y)
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
 def test_split_trunk_stops_at_the_first_mode_dependent_layer():
+    from sgtool.fastpath import split_trunk
     from sgtool.models import build
-    from sgtool.train import split_trunk
 
     trunk, head = split_trunk(build("mnist-cnn", "mnist"))
     assert [type(m).__name__ for m in trunk] == ["Normalize", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"]
@@ -83,9 +84,9 @@ def test_split_trunk_stops_at_the_first_mode_dependent_layer():
 
 def test_shared_trunk_gives_the_eval_saliency_and_train_logits():
     """eval_pass = a separate eval-mode input gradient + a train-mode forward."""
+    from sgtool.fastpath import eval_pass
     from sgtool.models import build
     from sgtool.saliency import input_gradient
-    from sgtool.train import eval_pass
 
     torch.manual_seed(0)
     net = build("mnist-cnn", "mnist").train()  # conv trunk, dropout head
@@ -113,7 +114,7 @@ def test_shared_trunk_gives_the_eval_saliency_and_train_logits():
     (3, 4, 3, 1, 2, 2, (8, 8)),  # dilated
 ])
 def test_conv_input_grad_equals_autograd(c_in, c_out, kernel, stride, padding, dilation, hw):
-    from sgtool.train import conv_input_grad
+    from sgtool.fastpath import conv_input_grad
 
     torch.manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation)
@@ -124,9 +125,17 @@ def test_conv_input_grad_equals_autograd(c_in, c_out, kernel, stride, padding, d
     torch.testing.assert_close(conv_input_grad(conv, g, hw), ref, rtol=1e-5, atol=1e-5)
 
 
+def run_pass(net, x, y, how):
+    """SGT's saliency pass as the losses run it (fastpath's where it applies)."""
+    from sgtool.layout import Batch
+    from sgtool.sgt import saliency_pass
+
+    return saliency_pass(net, Batch(x, net), y, how)
+
+
 def _reference_pass(net, x, y, saliency_pass):
     """(d log p(y|x)/dx, train-mode logits) by plain autograd, with the dropout draws of seed 5:
-    what SALIENCY_PASSES[saliency_pass] must return when run after torch.manual_seed(5)."""
+    what run_pass(..., saliency_pass) must return when run after torch.manual_seed(5)."""
     from sgtool.saliency import input_gradient
 
     torch.manual_seed(5)
@@ -151,7 +160,6 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
     train-mode forward's."""
     from sgtool.data import get_dataset
     from sgtool.models import build
-    from sgtool.train import SALIENCY_PASSES
 
     torch.manual_seed(0)
     net = build(name, dataset).train()
@@ -161,7 +169,7 @@ def test_saliency_passes_give_autograds_input_gradient(name, dataset, saliency_p
     y = torch.arange(6) % 10
     state = {k: v.clone() for k, v in net.state_dict().items()}  # BatchNorm's running stats move
     torch.manual_seed(5)
-    g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
+    g, logits = run_pass(net, x, y, saliency_pass)
     net.load_state_dict(state)
     g_ref, logits_ref = _reference_pass(net, x, y, saliency_pass)
     assert g.shape == x.shape
@@ -184,17 +192,17 @@ def _odd_trunk_net():
 
 @pytest.mark.parametrize("saliency_pass", ["eval", "shared"])
 def test_saliency_passes_finish_any_conv_relu_pool_prefix(saliency_pass):
-    from sgtool.train import SALIENCY_PASSES, _saliency_start, split_trunk
+    from sgtool.fastpath import saliency_start, split_trunk
 
     torch.manual_seed(0)
     net = _odd_trunk_net().train()
     x = torch.rand(7, 1, 13, 13, generator=torch.Generator().manual_seed(1))
     y = torch.arange(7) % 3
     trunk, _ = split_trunk(net)
-    _, rest, _ = _saliency_start(trunk, x)
+    _, rest, _ = saliency_start(trunk, x)
     assert rest == []  # every trunk layer was run by hand, none left to autograd
     torch.manual_seed(5)
-    g, logits = SALIENCY_PASSES[saliency_pass](net, x, y)
+    g, logits = run_pass(net, x, y, saliency_pass)
     g_ref, logits_ref = _reference_pass(net, x, y, saliency_pass)
     assert g.abs().sum() > 0
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
@@ -204,7 +212,7 @@ def test_saliency_passes_finish_any_conv_relu_pool_prefix(saliency_pass):
 def test_standard_loss_is_cross_entropy():
     model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    loss, _, parts = standard_loss(model, x, torch.tensor([0]), make_config(), k=0)
+    loss = StandardLoss()(model, x, torch.tensor([0]))
     assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
     assert set(LOSSES) == {"standard", "sgt", "asgt"}
 

@@ -1,63 +1,22 @@
-"""DATASETS registry: name -> loader that returns whole splits as tensors.
+"""Image datasets: the built-in synthetic task, MNIST and Fashion-MNIST (IDX files), CIFAR-10.
 
-Every loader returns a `Data` whose images are float32 in [0, 1], shaped (N, C, H, W), with
-int64 labels. Datasets are small enough to hold in memory, as in cifar10-airbench, so a
-training epoch is a permutation of indices and no DataLoader is needed.
-
-Real datasets are read from a data dir (`--data-dir`, env SGTOOL_DATA_DIR, default ./data).
-A file that is missing is downloaded from the canonical mirrors and checked against its md5;
-when that fails (no network, or SGTOOL_OFFLINE=1) the error names the file and `--data-dir`.
+Images come out float32 in [0, 1], shaped (N, C, H, W), with int64 labels.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import os
 import pickle
 import tarfile
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import SgtoolError, unknown_name
-
-
-@dataclass
-class Data:
-    x_train: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: list[str]
-    # Ground-truth salient region, where the dataset has one: (N, 1, H, W) bool.
-    gt_train: torch.Tensor | None = None
-    gt_test: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    loader: object  # fn(data_dir, train_size, test_size) -> Data
-    shape: tuple[int, int, int]  # (C, H, W)
-    num_classes: int
-    mean: tuple[float, ...]  # per-channel, used by the model's first layer
-    std: tuple[float, ...]
-    # Training defaults for this dataset: filled into the config where the user set nothing.
-    defaults: dict = field(default_factory=dict)
-    # Attack defaults (eps, step size, steps) used by `sgtool attack`.
-    attack: dict = field(default_factory=dict)
-    # The asgt trainer's attack defaults, where they differ from `attack`: an attack runs on
-    # every training batch, so it takes fewer, larger steps within the same eps.
-    train_attack: dict = field(default_factory=dict)
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SGTOOL_DATA_DIR", "./data"))
-
+from ..errors import SgtoolError
+from . import Data
+from .download import download, find
 
 # --------------------------------------------------------------------------- synthetic
 
@@ -125,6 +84,7 @@ FASHION_FILES = {
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
+FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 MIRRORS = {
     "mnist": [
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -135,54 +95,6 @@ MIRRORS = {
 }
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download(name: str, fname: str, md5: str, dest_dir: Path) -> Path:
-    """Fetch one file into dest_dir from the dataset's mirrors, checking its md5."""
-    dest = dest_dir / fname
-    offline = os.environ.get("SGTOOL_OFFLINE", "") not in ("", "0")
-    errors = []
-    if not offline:
-        try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            errors.append(str(e))
-        for mirror in [] if errors else MIRRORS[name]:
-            tmp = dest.with_name(dest.name + ".part")
-            try:
-                with urllib.request.urlopen(mirror + fname, timeout=20) as r, open(tmp, "wb") as f:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                if _md5(tmp) != md5:
-                    errors.append(f"{mirror}: md5 mismatch")
-                    tmp.unlink()
-                    continue
-                os.replace(tmp, dest)
-                return dest
-            except OSError as e:
-                errors.append(f"{mirror}: {e}")
-                tmp.unlink(missing_ok=True)
-    why = "offline" if offline else "download failed"
-    raise SgtoolError(
-        f"{name}: missing file {fname} in {dest_dir} ({why}); put it there or pass --data-dir DIR"
-    )
-
-
-def _find(name: str, fname: str, data_dir: Path) -> Path | None:
-    """Look in DIR/<name>/ then DIR/, for the file or its uncompressed form."""
-    for d in (data_dir / name, data_dir):
-        for cand in (fname, fname.removesuffix(".gz")):
-            if (d / cand).is_file():
-                return d / cand
-    return None
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -203,11 +115,11 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy())
 
 
-def _idx_loader(name: str, files: dict[str, str], classes: list[str]):
+def idx_loader(name: str, files: dict[str, str], classes: list[str]):
     def load(data_dir: Path, train_size: int | None, test_size: int | None) -> Data:
         arrays = {}
         for fname, md5 in files.items():
-            path = _find(name, fname, data_dir) or _download(name, fname, md5, data_dir / name)
+            path = find(name, fname, data_dir) or download(name, fname, MIRRORS[name], data_dir / name, md5)
             arrays[fname.split("-idx")[0]] = read_idx(path)
         xtr, ytr = arrays["train-images"], arrays["train-labels"]
         xte, yte = arrays["t10k-images"], arrays["t10k-labels"]
@@ -278,9 +190,8 @@ def load_cifar10(data_dir: Path, train_size: int | None, test_size: int | None) 
                 raise SgtoolError(f"cifar10: missing file {b} in {folder}; put it there or pass --data-dir DIR")
             batches[b] = (folder / b).read_bytes()
     else:
-        archive = _find("cifar10", CIFAR_ARCHIVE, data_dir) or _download(
-            "cifar10", CIFAR_ARCHIVE, CIFAR_MD5, data_dir / "cifar10"
-        )
+        archive = find("cifar10", CIFAR_ARCHIVE, data_dir) or download(
+            "cifar10", CIFAR_ARCHIVE, MIRRORS["cifar10"], data_dir / "cifar10", CIFAR_MD5)
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for m in tar.getmembers():
@@ -302,46 +213,3 @@ def load_cifar10(data_dir: Path, train_size: int | None, test_size: int | None) 
     return Data(f(xtr), torch.from_numpy(ytr.copy()), f(xte), torch.from_numpy(yte.copy()), classes)
 
 
-# --------------------------------------------------------------------------- registry
-
-_MNIST_TRAIN = dict(
-    model="mnist-cnn", epochs=3, batch_size=64, optimizer="adadelta", lr=1.0,
-)
-_MNIST_ATTACK = dict(eps=0.3, step_size=0.01, steps=40)
-_MNIST_TRAIN_ATTACK = dict(eps=0.3, step_size=0.05, steps=10)
-
-DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec(
-        load_synthetic, (1, 28, 28), 10, (0.25,), (0.25,),
-        defaults=dict(model="small-cnn", epochs=2, batch_size=64, optimizer="adam", lr=2e-3),
-        attack=dict(eps=0.1, step_size=0.01, steps=20),
-    ),
-    "mnist": DatasetSpec(
-        _idx_loader("mnist", MNIST_FILES, [str(i) for i in range(10)]), (1, 28, 28), 10,
-        (0.1307,), (0.3081,), defaults=_MNIST_TRAIN, attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK,
-    ),
-    "fashion-mnist": DatasetSpec(
-        _idx_loader("fashion-mnist", FASHION_FILES,
-                    ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]),
-        (1, 28, 28), 10, (0.2860,), (0.3530,), defaults=_MNIST_TRAIN, attack=_MNIST_ATTACK,
-        train_attack=_MNIST_TRAIN_ATTACK,
-    ),
-    "cifar10": DatasetSpec(
-        load_cifar10, (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        defaults=dict(model="resnet20", epochs=30, batch_size=128, optimizer="sgd", lr=0.1),
-        attack=dict(eps=8 / 255, step_size=2 / 255, steps=10),
-    ),
-}
-
-
-def get_dataset(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
-    return DATASETS[name]
-
-
-def load(name: str, data_dir: str | Path | None = None, train_size: int | None = None,
-         test_size: int | None = None) -> Data:
-    """Load a dataset by name: the one entry point the rest of sgtool uses."""
-    spec = get_dataset(name)
-    return spec.loader(Path(data_dir) if data_dir else default_data_dir(), train_size, test_size)

@@ -1,0 +1,249 @@
+"""mask-eval: does a model's saliency point at the features it uses? For every saliency method,
+the accuracy as the most (or least) salient features are removed, deletion and insertion AUC,
+and, where the data has ground truth, weighted saliency precision and recall. Images and series
+(layout.py says what a feature is); text runs get ERASER's metrics (eraser.py) instead.
+
+Each method's saliency is computed once per sample and ranked once (layout.removal_rank):
+removing the first k features of that ranking is `rank < k`, so the masks of every fraction are
+nested and share one ranking. The authors' script recomputed every map for every fraction.
+
+Deletion and insertion (Petsiuk et al. 2018) follow the class probability of the target as the
+most salient features are removed (deletion: replaced by the fill) or revealed on a canvas of
+the fill (insertion), at DI_STEPS + 1 points: 0 %, 10 %, ..., 100 % of the features. Ten steps
+of 10 % keep them cheap: with the default fractions the deletion points are exactly the accuracy
+curve's inputs, so every masked batch is passed through the model once (`_Passes` below) and
+only insertion adds passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import MaskEvalConfig, eval_hash, resolve_mask_eval
+from ..data import get_dataset
+from ..errors import SgtoolError
+from ..layout import LAYOUTS, n_masked, removal_rank, valid_count
+from ..models import freeze
+from ..saliency import explain_setup, get_saliency
+from ..store import read_csv, write_csv, write_json
+from ..train import load_data, load_model, pick_device
+from .ground_truth import GT_LEVELS, precision_at_gt, saliency_precision_recall, trapezoid
+
+DI_STEPS = 10
+
+
+def _seed(seed: int, batch: int, stream: int) -> int:
+    """Per-batch seeds: stream 0 draws the fill, stream 1 the saliency method's randomness
+    (kept apart so that a random fill and the random ranking are not the same numbers)."""
+    return (seed * 1_000_003 + batch) * 2 + stream
+
+
+def _fill(lay, x: torch.Tensor, cfg: MaskEvalConfig, batch: int, ctx: dict) -> torch.Tensor:
+    """The replacement values of one batch (on the CPU, seeded), shared by every method."""
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, batch, 0))
+    return lay.fills[cfg.fill](x, None, gen, ctx)
+
+
+@torch.no_grad()
+def _probs(model, x: torch.Tensor) -> torch.Tensor:
+    return F.softmax(model(x), dim=1).cpu()  # (B, classes)
+
+
+class _Passes:
+    """Class probabilities of one batch with some of its features removed, each distinct
+    removal passed through the model once. A removal is (end, m): each sample's m most salient
+    features ("top") or its m least salient valid ones ("bottom"); m is an int, or a (B,) tensor
+    where samples have different numbers of valid features. No removal is the clean batch, and
+    removing every feature of a batch without padding is the all-filled batch: both are computed
+    once for all methods."""
+
+    def __init__(self, model, x, fill, rank, nvalid, clean_p, filled_p):
+        self.model, self.x, self.fill, self.rank = model, x, fill, rank  # rank: shaped to broadcast on x
+        self.nvalid = nvalid  # None: every feature is valid; else (B,) valid counts
+        self.n = rank[0].numel()
+        self.clean_p, self.filled_p = clean_p, filled_p
+        self.cache = {}
+
+    def __call__(self, end: str, m) -> torch.Tensor:
+        key = (end, m if isinstance(m, int) else tuple(m.tolist()))
+        if (m == 0 if isinstance(m, int) else bool((m == 0).all())):
+            return self.clean_p
+        if self.nvalid is None and isinstance(m, int) and m == self.n:
+            return self.filled_p
+        if key not in self.cache:
+            per_sample = lambda t: t.view(-1, *[1] * (self.rank.dim() - 1))  # noqa: E731 (B,) -> like rank
+            if not isinstance(m, int):
+                m = per_sample(m)
+            if end == "top":
+                mask = self.rank < m
+            else:
+                nv = self.n if self.nvalid is None else per_sample(self.nvalid)
+                mask = (self.rank >= nv - m) & (self.rank < nv)
+            self.cache[key] = _probs(self.model, torch.where(mask.to(self.x.device), self.fill, self.x))
+        return self.cache[key]
+
+
+def _mask_eval_paths(run: dict, eid: str) -> dict:
+    folder = Path(run["dir"]) / "mask_eval"
+    return {"csv": folder / f"{eid}.csv", "summary": folder / f"{eid}.summary.csv", "json": folder / f"{eid}.json"}
+
+
+def _numbers(rows: list[dict]) -> list[dict]:
+    """CSV strings back to numbers ('' stays None), so cached results look like fresh ones."""
+    def conv(k, v):
+        if k in ("run", "method"):
+            return v
+        if v in ("", None):
+            return None
+        return int(v) if k == "n" else float(v)
+
+    return [{k: conv(k, v) for k, v in r.items()} for r in rows]
+
+
+def _cached_mask_eval(run: dict, eid: str, paths: dict) -> dict | None:
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    try:
+        meta = json.loads(paths["json"].read_text())
+        rows, summary = _numbers(read_csv(paths["csv"])), _numbers(read_csv(paths["summary"]))
+    except (OSError, ValueError):
+        return None  # unreadable: evaluate again and overwrite
+    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": True,
+            "seconds": meta.get("seconds", {}), "clean_accuracy": meta.get("clean_accuracy")}
+
+
+def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=None) -> dict:
+    """Accuracy of a stored run's model as its most (order morf) or least (lerf) salient
+    features are removed, for every saliency method and fraction of cfg; plus deletion and
+    insertion AUC, and, where the dataset has ground truth, weighted saliency precision/recall.
+    A text run gets ERASER's comprehensiveness, sufficiency and plausibility (evaluate.eraser).
+
+    Returns {"id", "rows", "summary", "path" (the rows' CSV), "cached", "seconds" (per method),
+    "clean_accuracy"}. Written under <run dir>/mask_eval/ as <id>.csv, <id>.summary.csv and,
+    last, <id>.json; a second call with the same config is served from there unless `force`.
+    `on_progress(method=, done=, total=)` is called after each batch of each method.
+    """
+    cfg = resolve_mask_eval(cfg, run["config"]["dataset"])
+    spec = get_dataset(run["config"]["dataset"])
+    if spec.layout == "tokens":
+        from .eraser import eraser_eval
+
+        return eraser_eval(run, cfg, force=force, on_progress=on_progress)
+    eid = eval_hash(cfg, run["id"])
+    paths = _mask_eval_paths(run, eid)
+    if not force and (hit := _cached_mask_eval(run, eid, paths)) is not None:
+        return hit
+
+    device = pick_device(cfg.device)
+    model, tcfg = load_model(run, device)
+    model = freeze(model)  # input gradients only; channels-last
+    lay = LAYOUTS[spec.layout]
+    # The run's own test split (its --test-size), first `limit` samples; no training data needed.
+    data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=cfg.data_dir)
+    try:
+        paths["csv"].parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise SgtoolError(f"cannot write {paths['csv'].parent}: {e.strerror or e}") from None
+    n = len(data.x_test) if cfg.limit is None else min(cfg.limit, len(data.x_test))
+    x, y = data.x_test[:n], data.y_test[:n]  # (n, ...), (n,)
+    gt = None if data.gt_test is None else data.gt_test[:n].reshape(n, -1)  # (n, N) bool
+    steps_valid = None if data.valid_test is None else data.valid_test[:n]  # (n, T) bool
+    nf = lay.n_features(spec.shape)
+    steps = [j / DI_STEPS for j in range(DI_STEPS + 1)]
+    bounds = list(range(0, n, cfg.batch_size))
+    explained, kw = explain_setup(model, cfg.methods, cfg.output, cfg.baseline, spec.layout)
+    fill_ctx = {"background": data.extras.get("background")}
+
+    def valid_of(sl):  # (B, N) bool features, or None
+        return None if steps_valid is None else lay.batch(model, x[sl], steps_valid[sl]).valid
+
+    def ks_of(fracs, valid):  # per fraction: an int, or a (B,) tensor of per-sample counts
+        if valid is None:
+            return [n_masked(f, nf) for f in fracs]
+        counts = valid_count(valid, len(valid), nf)
+        return [n_masked(f, counts) for f in fracs]
+
+    # The clean and the all-filled batches are the same for every method: one pass each.
+    clean_p = torch.cat([_probs(model, x[s : s + cfg.batch_size].to(device)) for s in bounds])  # (n, K)
+    filled_p = torch.cat([_probs(model, _fill(lay, x[s : s + cfg.batch_size], cfg, b,
+                                               {**fill_ctx, "valid": valid_of(slice(s, s + cfg.batch_size))})
+                                 .to(device)) for b, s in enumerate(bounds)])
+    targets = y if cfg.target == "label" else clean_p.argmax(1)
+
+    stats, seconds = {}, {}
+    for mi, name in enumerate(cfg.methods):
+        fn, t0 = get_saliency(name), time.perf_counter()
+        correct = torch.zeros(len(cfg.fractions))
+        deletion, insertion = torch.zeros(len(steps)), torch.zeros(len(steps))
+        gt_sums = torch.zeros(3)  # aup, aur, precision at |GT|, summed over samples
+        for b, s in enumerate(bounds):
+            sl = slice(s, s + cfg.batch_size)
+            xb, yb, tb = x[sl].to(device), y[sl], targets[sl]
+            valid = valid_of(sl)
+            attr = fn(explained, xb, tb.to(device), seed=_seed(cfg.seed, b, 1), **kw)
+            score = lay.score(attr.detach().float(), xb, cfg.reduce).cpu()  # (B, N)
+            ties = torch.Generator().manual_seed(_seed(cfg.seed, b, 2)) if cfg.ties == "random" else None
+            rank = removal_rank(score, valid, ties)  # (B, N)
+            nvalid = None if valid is None else valid_count(valid, len(valid), nf)  # (B,)
+            passes = _Passes(model, xb, _fill(lay, x[sl], cfg, b, {**fill_ctx, "valid": valid}).to(device),
+                             lay.expand(rank, xb).cpu(), nvalid, clean_p[sl], filled_p[sl])
+            end = "top" if cfg.order == "morf" else "bottom"
+            for i, k in enumerate(ks_of(cfg.fractions, valid)):
+                correct[i] += (passes(end, k).argmax(1) == yb).sum()
+            full = nf if valid is None else valid_count(valid, len(valid), nf)
+            for i, k in enumerate(ks_of(steps, valid)):
+                deletion[i] += passes("top", k).gather(1, tb[:, None]).sum()
+                # Revealing the k most salient features = filling the rest, the least salient.
+                insertion[i] += passes("bottom", full - k).gather(1, tb[:, None]).sum()
+            if gt is not None:
+                pos = score if valid is None else score.masked_fill(~valid, 0.0)
+                prec, rec = saliency_precision_recall(pos, gt[sl])
+                gt_sums += torch.stack([trapezoid(prec, GT_LEVELS).sum(), trapezoid(rec, GT_LEVELS).sum(),
+                                        precision_at_gt(pos, gt[sl], ties).sum()])
+            if on_progress:
+                on_progress(method=name, done=mi * len(bounds) + b + 1, total=len(cfg.methods) * len(bounds))
+        seconds[name] = round(time.perf_counter() - t0, 3)
+        stats[name] = {"acc": (correct / n).tolist(), "deletion": trapezoid(deletion / n, steps).item(),
+                       "insertion": trapezoid(insertion / n, steps).item(), "gt": (gt_sums / n).tolist()}
+
+    rows, summary = _mask_eval_tables(run["id"], cfg, stats, n, gt is not None)
+    clean_acc = round((clean_p.argmax(1) == y).float().mean().item(), 6)
+    write_csv(paths["csv"], rows)
+    write_csv(paths["summary"], summary)
+    write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
+                               "created": datetime.now(timezone.utc).isoformat(), "n": n,
+                               "clean_accuracy": clean_acc, "seconds": seconds})
+    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False,
+            "seconds": seconds, "clean_accuracy": clean_acc}
+
+
+def _mask_eval_tables(run_id: str, cfg: MaskEvalConfig, stats: dict, n: int, has_gt: bool):
+    """Tidy rows (one per method and fraction) and the summary (one row per method)."""
+    r6 = lambda v: round(float(v), 6)  # noqa: E731
+    order = sorted(range(len(cfg.fractions)), key=lambda i: cfg.fractions[i])
+    xs = [cfg.fractions[i] for i in order]
+    rows = [{"run": run_id, "method": m, "fraction": f, "accuracy": r6(a), "n": n}
+            for m, st in stats.items() for f, a in zip(cfg.fractions, st["acc"])]
+    auc = {m: trapezoid(torch.tensor([st["acc"][i] for i in order], dtype=torch.float64), xs).item()
+           for m, st in stats.items()}
+    rnd = stats.get("random")
+    summary = []
+    for m, st in stats.items():
+        row = {"run": run_id, "method": m, "auc": r6(auc[m]),
+               "auc_vs_random": r6(auc[m] - auc["random"]) if rnd else None,
+               "deletion_auc": r6(st["deletion"]), "insertion_auc": r6(st["insertion"])}
+        for key, v in zip(("aup", "aur", "precision_at_gt"), st["gt"]):
+            row[key] = r6(v) if has_gt else None
+        for f, a, ra in zip(cfg.fractions, st["acc"], rnd["acc"] if rnd else [None] * len(st["acc"])):
+            # Positive: removing this method's choice costs more accuracy than removing at random.
+            row[f"drop_vs_random_{f:g}"] = r6(ra - a) if rnd else None
+        summary.append(row)
+    return rows, summary
+
