@@ -73,13 +73,13 @@ def lazy_task(bar: Progress, description: str):
 
 
 # Training flags, shared by `train` and by the commands that find a run from its config.
-Dataset = Annotated[str | None, typer.Option("--dataset", help="synthetic | mnist | fashion-mnist | cifar10 (default: synthetic)")]
-Model = Annotated[str | None, typer.Option("--model", help="mnist-cnn | small-cnn | mlp | resnet20 | resnet18 (default: per dataset)")]
+Dataset = Annotated[str | None, typer.Option("--dataset", help="a registered name (see `sgtool datasets`), or npz:PATH / pt:PATH for your own file (default: synthetic)")]
+Model = Annotated[str | None, typer.Option("--model", help="a registered name (see `sgtool datasets`), or package.module:factory (default: per dataset)")]
 Trainer = Annotated[str | None, typer.Option("--trainer", help="standard | sgt | asgt (default: sgt)")]
 MaskFrac = Annotated[float | None, typer.Option("--mask-frac", help="share of positions SGT masks (default: 0.5)")]
 KlWeight = Annotated[float | None, typer.Option("--kl-weight", help="λ, weight of the KL term (default: 1.0)")]
-MaskFill = Annotated[str | None, typer.Option("--mask-fill", help="random | mean | zero (default: random)")]
-SalSign = Annotated[str | None, typer.Option("--saliency-sign", help="abs | signed (default: abs)")]
+MaskFill = Annotated[str | None, typer.Option("--mask-fill", help="images and series: random | mean | zero | background; text: previous-salient | unk | random-token | zero (default: random; text: previous-salient)")]
+SalSign = Annotated[str | None, typer.Option("--saliency-sign", help="images and series: abs | signed; text: sum | abs-sum | l2 | grad-x-input (default: abs; text: sum)")]
 SalPass = Annotated[str | None, typer.Option("--saliency-pass", help="eval | shared (default: eval)")]
 AdvAttack = Annotated[str | None, typer.Option("--adv-attack", help="asgt: pgd | fgsm (default: pgd)")]
 AdvEps = Annotated[float | None, typer.Option("--adv-eps", help="asgt: attack eps (default: per dataset)")]
@@ -200,6 +200,26 @@ def runs(runs_dir: RunsDir = None):
         t.add_row(r["id"], c.get("dataset"), c.get("model"), c.get("trainer"), mf,
                   f"{len(rows)}/{c.get('epochs')}", acc, r.get("status", "?"))
     console.print(t)
+
+
+@app.command()
+@handle_errors
+def datasets():
+    """List the registered datasets and the models that fit each kind of data."""
+    from .data import DATASETS
+    from .models import models_for
+
+    t = Table("dataset", "kind", "shape", "classes", "what", title="datasets", title_justify="left")
+    for name, spec in sorted(DATASETS.items()):
+        shape = "x".join(str(d) for d in spec.shape)
+        t.add_row(name, spec.layout, shape, str(spec.num_classes), spec.description)
+    console.print(t)
+    m = Table("kind", "models", title="models", title_justify="left")
+    for kind in ("image", "series", "tokens"):
+        m.add_row(kind, ", ".join(models_for(kind)))
+    console.print(m)
+    console.print("Also: --dataset npz:PATH or pt:PATH (your own file), --model package.module:factory "
+                  "(your own model); see the README.", highlight=False)
 
 
 # --- mask-eval command (issue 3) ---

@@ -152,7 +152,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             d[k] = v
     lay = LAYOUTS[spec.layout]
     if d["mask_fill"] is None:
-        d["mask_fill"] = "previous-salient" if spec.layout == "tokens" else "random"
+        d["mask_fill"] = lay.default_fill
     if d["saliency_sign"] is None:
         d["saliency_sign"] = lay.default_sign
     if d["data_version"] is None:

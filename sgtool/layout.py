@@ -234,6 +234,7 @@ class Embedded(nn.Module):
 class ImageLayout:
     name = "image"
     fills = IMAGE_FILLS
+    default_fill = "random"
     signs = ("abs", "signed", "abs-mean")
     default_sign = "abs"
 
@@ -268,6 +269,7 @@ class ImageLayout:
 class SeriesLayout:
     name = "series"
     fills = SERIES_FILLS
+    default_fill = "random"
     signs = ("abs", "signed")
     default_sign = "abs"
 
@@ -296,6 +298,7 @@ class SeriesLayout:
 class TokenLayout:
     name = "tokens"
     fills = TOKEN_FILLS
+    default_fill = "previous-salient"
     signs = ("sum", "abs-sum", "l2", "grad-x-input")
     default_sign = "sum"
 

@@ -94,11 +94,12 @@ class SGTLoss:
 
     layout: image | series | tokens (or a layout object); sign: how the gradient becomes a score
     (image/series: abs | signed; tokens: sum | abs-sum | l2 | grad-x-input; default the layout's);
-    fill: a name from the layout's fills or fn(inp, mask, generator, ctx); saliency_pass: eval |
+    fill: a name from the layout's fills (default: random for images and series,
+    previous-salient for tokens) or fn(inp, mask, generator, ctx); saliency_pass: eval |
     shared; background: for fill="background", the dataset's sampler (n, generator) -> (n, T, F).
     """
 
-    def __init__(self, mask_frac: float = 0.5, kl_weight: float = 1.0, fill="random", layout="image",
+    def __init__(self, mask_frac: float = 0.5, kl_weight: float = 1.0, fill=None, layout="image",
                  sign: str | None = None, saliency_pass: str = "eval", background=None):
         if not 0.0 <= mask_frac < 1.0:
             raise ValueError(f"mask_frac must be in [0, 1), got {mask_frac}")
@@ -107,7 +108,7 @@ class SGTLoss:
         self.layout = get_layout(layout)
         self.mask_frac, self.kl_weight, self.saliency_pass = mask_frac, kl_weight, saliency_pass
         self.sign = sign or self.layout.default_sign
-        self.fill = get_fill(self.layout, fill)
+        self.fill = get_fill(self.layout, fill or self.layout.default_fill)
         self.background = background
         if self.sign not in self.layout.signs:
             raise unknown_name(f"{self.layout.name} saliency reduction", self.sign, self.layout.signs)
@@ -139,7 +140,7 @@ class ASGTLoss(SGTLoss):
     clips to ((0, 1) for images; None: no clipping). Images and series only.
     """
 
-    def __init__(self, mask_frac=0.5, kl_weight=1.0, fill="random", layout="image", sign=None,
+    def __init__(self, mask_frac=0.5, kl_weight=1.0, fill=None, layout="image", sign=None,
                  saliency_pass="eval", attack="pgd", eps=0.3, steps=10, step_size=0.05,
                  bounds=(0.0, 1.0), background=None):
         super().__init__(mask_frac, kl_weight, fill, layout, sign, saliency_pass, background)

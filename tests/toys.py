@@ -1,0 +1,67 @@
+"""Small models the tests use as "anyone's model": not sgtool's, and simple enough to compute by hand."""
+
+import torch
+import torch.nn as nn
+
+
+class ToyTokens(nn.Module):
+    """A token model: an embedding, then logits = sum_l W_l e_l over the real tokens (+ b).
+    Per-position weights make every token's gradient different, so the ranking is known."""
+
+    pad_id, unk_id, first_word_id = 0, 1, 2
+
+    def __init__(self, vocab=12, dim=3, length=6, classes=2, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = nn.Embedding(vocab, dim)
+        self.w = nn.Parameter(torch.randn(classes, length, dim, generator=g))
+        self.b = nn.Parameter(torch.randn(classes, generator=g) * 0.1)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(vocab, dim, generator=g))
+        self.vocab_size = vocab
+
+    def embed(self, ids):  # (B, L) -> (B, L, D)
+        return self.emb(ids)
+
+    def forward_embedded(self, e, mask):  # (B, L, D), (B, L) -> (B, classes)
+        return torch.einsum("bld,cld->bc", e * mask[..., None].to(e.dtype), self.w[:, : e.shape[1]]) + self.b
+
+    def forward(self, ids):
+        return self.forward_embedded(self.embed(ids), ids != self.pad_id)
+
+
+class ToySeries(nn.Module):
+    """A series model: logits = <W_c, x> + b_c over (T, F) cells."""
+
+    def __init__(self, t=4, f=3, classes=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(classes, t, f, generator=g))
+        self.b = nn.Parameter(torch.randn(classes, generator=g) * 0.1)
+
+    def forward(self, x):  # (B, T, F)
+        return torch.einsum("btf,ctf->bc", x, self.w) + self.b
+
+
+class ConvNet(nn.Module):
+    """An image classifier written as a class (not an nn.Sequential): fastpath never applies."""
+
+    def __init__(self, c=1, classes=3, batchnorm=False, dropout=0.0):
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4) if batchnorm else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(self.drop(h.amax(dim=(2, 3))))
+
+
+def conv_factory(shape, num_classes):
+    """A `--model tests.toys:conv_factory` factory: (input_shape, num_classes) -> nn.Module."""
+    return ConvNet(shape[0], num_classes)
+
+
+def not_a_module(shape, num_classes):
+    return "a string"
