@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Column, Table
+from rich.table import Table
 
 from .errors import SgtoolError
 
@@ -90,12 +90,40 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", help="(default: p
 Lr = Annotated[float | None, typer.Option("--lr", help="(default: per dataset)")]
 Optim = Annotated[str | None, typer.Option("--optimizer", help="adadelta | sgd | adam (default: per dataset)")]
 Seed = Annotated[int | None, typer.Option("--seed", help="(default: 0)")]
+Width = Annotated[int | None, typer.Option("--width", help="series and text models: hidden width (default: per model)")]
+Embeddings = Annotated[str | None, typer.Option("--embeddings", help="text: GloVe vectors (.txt, .gz, .zip), a path or one under --data-dir")]
+MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate documents to N tokens (default: keep all)")]
+FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: tune them)")]
+Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
+TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
+Heads = Annotated[int | None, typer.Option("--heads", help="transformer: attention heads, a divisor of the feature count (default: 5)")]
 TrainSize = Annotated[int | None, typer.Option("--train-size", help="use the first N training samples")]
 TestSize = Annotated[int | None, typer.Option("--test-size", help="use the first N test samples")]
 DataDir = Annotated[str | None, typer.Option("--data-dir", envvar="SGTOOL_DATA_DIR", help="where datasets live (default: ./data)")]
 RunsDir = Annotated[str | None, typer.Option("--runs-dir", envvar="SGTOOL_RUNS_DIR", help="where runs live (default: ./runs)")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (default: auto)")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file with the same keys; flags win")]
+
+
+def table(*headers: str, numbers=(), title: str | None = None, caption: str | None = None) -> Table:
+    """A rich table that reads whole in an 80-column terminal: columns of numbers never wrap
+    (a number is never cut), and text columns fold rather than end in an ellipsis. `numbers`
+    names the numeric columns (by header); a header may hold a newline to stay narrow."""
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for h in headers:
+        if h in numbers:
+            t.add_column(h, no_wrap=True, justify="right")
+        else:
+            t.add_column(h, overflow="fold")
+    return t
+
+
+def method_header(name: str) -> str:
+    """A saliency method's name as a narrow, two-line column header: smooth/grad, deeplift/shap."""
+    for tail in ("shap", "grad", "authors", "backprop"):
+        if name.endswith(tail) and len(name) > len(tail) + 2:
+            return name[: -len(tail)].rstrip("-") + "\n" + tail
+    return name
 
 
 def train_flags(**kw) -> dict:
@@ -115,6 +143,9 @@ SELECT = {
     "adv_attack": (AdvAttack, "adv_attack"), "adv_eps": (AdvEps, "adv_eps"), "adv_steps": (AdvSteps, "adv_steps"),
     "adv_step_size": (AdvStep, "adv_step_size"), "epochs": (Epochs, "epochs"), "lr": (Lr, "lr"),
     "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
+    "width": (Width, "width"), "heads": (Heads, "heads"), "embeddings": (Embeddings, "embeddings"),
+    "max_len": (MaxLen, "max_len"), "freeze_embeddings": (FreezeEmb, "freeze_embeddings"),
+    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"),
     "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
 }
 
@@ -149,6 +180,8 @@ def train(
     saliency_pass: SalPass = None, adv_attack: AdvAttack = None, adv_eps: AdvEps = None,
     adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None,
     batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
+    width: Width = None, heads: Heads = None, embeddings: Embeddings = None, max_len: MaxLen = None,
+    freeze_embeddings: FreezeEmb = None, pooling: Pooling = None, test_split: TestSplit = None,
     train_size: TrainSize = None, test_size: TestSize = None, data_dir: DataDir = None,
     runs_dir: RunsDir = None, device: Device = None, config: ConfigFile = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even if the run exists")] = False,
@@ -189,13 +222,12 @@ def runs(runs_dir: RunsDir = None):
     if not found:
         console.print(f"no runs in {root}")
         return
-    t = Table("dataset", "model", "trainer", "mask-frac", "epochs", "test acc")
-    t.columns.insert(0, Column("id", no_wrap=True, min_width=12))
-    t.add_column("status", no_wrap=True, min_width=11)
+    t = table("id", "dataset", "model", "trainer", "mask\nfrac", "epochs", "test\nacc", "status",
+              numbers=("id", "mask\nfrac", "epochs", "test\nacc"))
     for r in found:
         c = r["config"]
         rows = read_metrics(r["dir"])
-        acc = f"{float(rows[-1]['test_acc']):.4f}" if rows else "-"
+        acc = f"{float(rows[-1]['test_acc']):.3f}" if rows else "-"
         mf = str(c.get("mask_frac")) if c.get("trainer") != "standard" else "-"
         t.add_row(r["id"], c.get("dataset"), c.get("model"), c.get("trainer"), mf,
                   f"{len(rows)}/{c.get('epochs')}", acc, r.get("status", "?"))
@@ -207,14 +239,22 @@ def runs(runs_dir: RunsDir = None):
 def datasets():
     """List the registered datasets and the models that fit each kind of data."""
     from .data import DATASETS
+    from .data.series import BACKGROUNDS, TSB_TYPES
     from .models import models_for
 
-    t = Table("dataset", "kind", "shape", "classes", "what", title="datasets", title_justify="left")
+    t = table("dataset", "kind", "shape", "classes", "what", numbers=("shape", "classes"), title="datasets")
     for name, spec in sorted(DATASETS.items()):
-        shape = "x".join(str(d) for d in spec.shape)
-        t.add_row(name, spec.layout, shape, str(spec.num_classes), spec.description)
+        if name.startswith("tsb-") and name != "tsb-middle-box":
+            continue
+        shape = "x".join(str(d) for d in spec.shape) if spec.layout != "tokens" else "-"
+        what = spec.description
+        if name == "tsb-middle-box":
+            name = "tsb-TYPE-BACKGROUND"
+            what = (f"TSB synthetic series with a ground-truth box; TYPE: {', '.join(TSB_TYPES)}; "
+                    f"BACKGROUND: {', '.join(BACKGROUNDS)}")
+        t.add_row(name, spec.layout, shape, str(spec.num_classes), what)
     console.print(t)
-    m = Table("kind", "models", title="models", title_justify="left")
+    m = table("kind", "models", title="models")
     for kind in ("image", "series", "tokens"):
         m.add_row(kind, ", ".join(models_for(kind)))
     console.print(m)
@@ -230,12 +270,16 @@ def datasets():
 @selects_runs
 def mask_eval_cmd(
     run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN...", help="run ids (unique prefixes); or select one run by its training flags")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="comma-separated: grad, smoothgrad, ig, deeplift, gradshap, deepliftshap, inputxgrad, guided-backprop, occlusion, random \\[grad,smoothgrad,ig,deeplift,gradshap,deepliftshap,random]")] = None,
-    fractions: Annotated[str | None, typer.Option("--fractions", help="comma-separated shares of positions removed, in [0, 1) \\[0,0.1,...,0.9]")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="comma-separated: grad, smoothgrad, ig, deeplift, deeplift-authors, gradshap, deepliftshap, inputxgrad, guided-backprop, occlusion, random; tsr-METHOD for series \\[images and series: grad,smoothgrad,ig,deeplift,gradshap,deepliftshap,random; text: grad,ig,smoothgrad,random]")] = None,
+    fractions: Annotated[str | None, typer.Option("--fractions", help="comma-separated shares of the features removed, in [0, 1) \\[0,0.1,...,0.9; text: 0.01,0.05,0.1,0.2,0.5]")] = None,
     order: Annotated[str | None, typer.Option("--order", help="morf: most salient first | lerf: least salient first \\[morf]")] = None,
-    fill: Annotated[str | None, typer.Option("--fill", help="background | mean | zero | random | blur \\[background]")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="the class explained: label | predicted \\[label]")] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline", help="ig baseline: zero | random \\[zero]")] = None,
+    fill: Annotated[str | None, typer.Option("--fill", help="images: background | mean | zero | random | blur; series: background | random | mean | zero \\[images: background; series: background where the data has a process, else random]")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="the class explained: label | predicted \\[label; text: predicted]")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="reference of ig, deeplift and the shap methods: authors (uniform noise in the model's normalised units, as the SGT authors) | zero | uniform | random (0.1's) \\[authors; text: zero, the <pad> embedding]")] = None,
+    output: Annotated[str | None, typer.Option("--output", help="the output explained: logprob (log p, as the SGT authors' network gave it) | logit \\[logprob]")] = None,
+    ties: Annotated[str | None, typer.Option("--ties", help="equal scores in random (seeded) order | index order (0.1's rule) \\[random]")] = None,
+    reduce: Annotated[str | None, typer.Option("--reduce", help="images: a position's score, abs (mean over channels of |attribution|) | abs-mean (|mean over channels|, the authors') \\[abs]")] = None,
+    random_seeds: Annotated[int | None, typer.Option("--random-seeds", help="the random ranking is averaged over this many seeds \\[1; text: 5]")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="evaluate the first N test samples \\[all]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="evaluation batch size \\[250]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the fill, the random baseline and the methods' noise \\[0]")] = None,
@@ -248,8 +292,8 @@ def mask_eval_cmd(
     from .evaluate import mask_eval
 
     cfg = mask_eval_config(methods=method, fractions=fractions, order=order, fill=fill, target=target,
-                           baseline=baseline, limit=limit, batch_size=batch_size, seed=seed,
-                           data_dir=data_dir, device=device)
+                           baseline=baseline, output=output, ties=ties, reduce=reduce, random_seeds=random_seeds,
+                           limit=limit, batch_size=batch_size, seed=seed, data_dir=data_dir, device=device)
     for run in runs(runs_dir):
         with progress_bar() as bar:
             update = lazy_task(bar, f"mask-eval {run['id']}")
@@ -258,28 +302,66 @@ def mask_eval_cmd(
                 update(completed=done, total=total, info=method)
 
             res = mask_eval(run, cfg, force=force, on_progress=show)
-        print_mask_eval(run, res, cfg)
+        print_mask_eval(run, res)
 
 
-def print_mask_eval(run: dict, res: dict, cfg) -> None:
-    """A header line, then two rich tables: accuracy per fraction, and the summary metrics."""
-    c = run["config"]
+# The summary's metrics, in tables narrow enough for 80 columns: (title, [(key, header)]).
+SUMMARY_TABLES = [
+    ("accuracy drop: area under the curve, and deletion / insertion AUC",
+     [("auc", "auc"), ("auc_vs_random", "vs random"), ("deletion_auc", "deletion"),
+      ("insertion_auc", "insertion")]),
+    ("ground truth: weighted precision and recall of the saliency",
+     [("aup", "AUP"), ("aur", "AUR"), ("aupr", "AUPR"), ("precision_at_gt", "P@GT"),
+      ("diff_aup", "ΔAUP perm"), ("diff_aur", "ΔAUR perm")]),
+    ("ground truth by step and by feature",
+     [("time_aup", "time AUP"), ("time_aur", "time AUR"), ("feature_aup", "feat AUP"),
+      ("feature_aur", "feat AUR")]),
+    ("ERASER faithfulness (AOPC over the fractions; @r: at the rationales' share)",
+     [("comprehensiveness", "compr"), ("sufficiency", "suff"), ("comprehensiveness_at_r", "compr@r"),
+      ("sufficiency_at_r", "suff@r")]),
+    ("ERASER plausibility against the human rationales",
+     [("auprc", "AUPRC"), ("token_precision", "tok P"), ("token_recall", "tok R"), ("token_f1", "tok F1"),
+      ("iou_f1", "IOU F1")]),
+]
+
+
+def num(v, signed: bool = False) -> str:
+    """A number as every table prints it: 3 decimals, '-' for none."""
+    return "-" if v is None else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+
+def print_mask_eval(run: dict, res: dict) -> None:
+    """A header line, the accuracy curve (fractions as rows, methods as columns) and the summary
+    metrics, each table narrow enough for an 80-column terminal."""
+    c, cfg = run["config"], res["config"]
     n = res["rows"][0]["n"] if res["rows"] else 0
+    what = f"order {cfg.order}, fill {cfg.fill}" if cfg.fill else "tokens removed"
     console.print(f"run [bold]{run['id']}[/bold] ({c.get('dataset')} / {c.get('model')} / {c.get('trainer')}): "
-                  f"clean accuracy {res['clean_accuracy']:.4f}, n {n}, order {cfg.order}, fill {cfg.fill}"
-                  f"{' (cached)' if res['cached'] else ''}", highlight=False)
-    acc = Table("method", *[f"{f:g}" for f in cfg.fractions], title="accuracy, share of features removed",
-                title_justify="left")
-    for m in cfg.methods:
-        acc.add_row(m, *[f"{r['accuracy']:.4f}" for r in res["rows"] if r["method"] == m])
-    console.print(acc)
-    cols = ["auc", "auc_vs_random", "deletion_auc", "insertion_auc", "aup", "aur", "precision_at_gt"]
-    cols = [k for k in cols if any(s[k] is not None for s in res["summary"])]
-    t = Table("method", *cols, title="summary", title_justify="left")
-    for s in res["summary"]:
-        t.add_row(s["method"], *[f"{s[k]:+.4f}" if k == "auc_vs_random" else f"{s[k]:.4f}" for k in cols])
-    console.print(t)
-    console.print(f"written: {res['path'].with_suffix('')}.csv, .summary.csv, .json", highlight=False)
+                  f"clean accuracy {res['clean_accuracy']:.3f}, n {n}, {what}"
+                  f"{' (cached)' if res['cached'] else ''}", highlight=False, soft_wrap=True)
+    curves = [("accuracy", "accuracy as the most salient features are removed"),
+              ("comprehensiveness", "comprehensiveness: p(ŷ|x) - p(ŷ|x without the top tokens) (higher is better)"),
+              ("sufficiency", "sufficiency: p(ŷ|x) - p(ŷ|the top tokens alone) (lower is better)")]
+    methods = list(dict.fromkeys(r["method"] for r in res["rows"]))
+    heads = [method_header(m) for m in methods]
+    for key, title in curves:
+        if not res["rows"] or key not in res["rows"][0]:
+            continue
+        val = {(r["method"], r["fraction"]): r[key] for r in res["rows"]}
+        t = table("removed" if key == "accuracy" else "top", *heads, numbers=("removed", "top", *heads), title=title)
+        for f in sorted({r["fraction"] for r in res["rows"]}):
+            t.add_row(f"{f:g}", *[num(val.get((m, f))) for m in methods])
+        console.print(t)
+    for title, keys in SUMMARY_TABLES:
+        keys = [(k, h) for k, h in keys if any(s.get(k) is not None for s in res["summary"])]
+        if not keys:
+            continue
+        t = table("method", *[h for _, h in keys], numbers=[h for _, h in keys], title=title)
+        for s in res["summary"]:
+            t.add_row(s["method"], *[num(s.get(k), k.startswith(("auc_vs", "diff"))) for k, _ in keys])
+        console.print(t)
+    console.print(f"written: {res['path'].with_suffix('')}.csv, .summary.csv, .json", highlight=False,
+                  soft_wrap=True)
 
 
 # --- attack command (issue 4) ---
@@ -329,13 +411,16 @@ def print_attack(run: dict, res: dict) -> None:
     eps), the warnings in yellow, and where the results went."""
     c, rows = run["config"], res["rows"]
     console.print(f"run [bold]{run['id']}[/bold] ({c.get('dataset')} / {c.get('model')} / {c.get('trainer')}): "
-                  f"clean accuracy {res['clean_accuracy']:.4f}, n {rows[0]['n']}"
+                  f"clean accuracy {res['clean_accuracy']:.3f}, n {rows[0]['n']}"
                   f"{' (cached)' if res['cached'] else ''}", highlight=False, soft_wrap=True)
     eps = list(dict.fromkeys(r["eps"] for r in rows if r["method"] != "clean"))
-    t = Table("method", "clean", *[f"eps {e:g}" for e in eps], title="robust accuracy", title_justify="left")
+    from .report.tables import fmt_eps
+
+    heads = [f"eps\n{fmt_eps(e)}" for e in eps]
+    t = table("method", "clean", *heads, numbers=("clean", *heads), title="robust accuracy")
     for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "clean"):
         acc = {r["eps"]: r["accuracy"] for r in rows if r["method"] == m}
-        t.add_row(m, f"{res['clean_accuracy']:.4f}", *[f"{acc[e]:.4f}" for e in eps],
+        t.add_row(m, num(res["clean_accuracy"]), *[num(acc[e]) for e in eps],
                   style="bold" if m == "worst" else None)
     console.print(t)
     for w in res["warnings"]:
@@ -378,20 +463,42 @@ def explain(
     with err_console.status(f"saliency of {len(selected)} run(s) x {len(methods)} method(s)"):
         res = explain_maps(selected, methods, n=n, indices=indices, out=out, data_dir=data_dir, device=device or "auto")
     w, h = res["size"]
-    console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px) and the raw maps {res['maps']}", highlight=False,
-                  soft_wrap=True)
+    html = f", the page {res['html']}" if res.get("html") else ""
+    console.print(f"wrote [bold]{res['png']}[/bold] ({w}x{h} px){html} and the raw maps {res['maps']}",
+                  highlight=False, soft_wrap=True)
 
 
 # --- report and sweep commands (issue 5) ---
 
 
 def print_frame(df, title: str | None = None, caption: str | None = None) -> None:
-    """A DataFrame of display strings as a rich table."""
-    t = Table(*[str(c) for c in df.columns], title=title, caption=caption or None, title_justify="left",
-              caption_justify="left", title_style="bold")
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) for v in row])
-    console.print(t)
+    """A DataFrame of display strings as rich tables that fit the terminal: the label columns
+    (those up to `n`) start every table, and the value columns are split over as many tables as
+    the width needs, so that no number is cut."""
+    cols = [str(c) for c in df.columns]
+    labels = cols[: cols.index("n") + 1] if "n" in cols else cols[:1]
+    values = [c for c in cols if c not in labels]
+
+    def width(c):  # a column's printed width: its widest cell or header word, plus borders
+        cells = [len(str(v)) for v in df[c]] + [len(w) for w in c.split()]
+        return max(cells) + 3
+
+    room = max(console.width - 1 - sum(width(c) for c in labels), 20)
+    chunks, cur, used = [], [], 0
+    for c in values:
+        if cur and used + width(c) > room:
+            chunks.append(cur)
+            cur, used = [], 0
+        cur.append(c)
+        used += width(c)
+    chunks.append(cur)
+    for i, chunk in enumerate(chunks):
+        part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        t = table(*labels, *chunk, numbers=chunk, title=f"{title}{part}" if title else None,
+                  caption=caption or None)
+        for row in df[labels + chunk].itertuples(index=False):
+            t.add_row(*[str(v) for v in row])
+        console.print(t)
 
 
 @app.command()

@@ -59,13 +59,23 @@ class TrainConfig:
     # --- added after 0.1: hashed only when not at their default ---
     data_sha256: str | None = None  # npz:/pt: datasets: the file's sha256, filled by resolve
     data_version: int | None = None  # the dataset's version, filled by resolve (synthetic: 2)
+    width: int | None = None  # series and text models: hidden width (None: the model's default)
+    heads: int | None = None  # transformer: attention heads (None: 5)
+    # text
+    max_len: int | None = None  # truncate documents to this many tokens (None: keep all)
+    embeddings: str | None = None  # GloVe vectors file; not hashed itself: its sha256 is
+    embeddings_sha256: str | None = None  # filled by resolve from the file
+    freeze_embeddings: bool = False
+    pooling: str | None = None  # bilstm: attention | max (None: attention)
+    test_split: str = "test"  # ERASER: the split a text run is tested and evaluated on (test | val)
     # not part of the hash: they do not change results
     data_dir: str | None = None
     runs_dir: str | None = None
     device: str = "auto"
 
 
-NOT_HASHED = {"data_dir", "runs_dir", "device"}
+NOT_HASHED = {"data_dir", "runs_dir", "device", "embeddings"}
+FLAG_ONLY = {"data_dir", "runs_dir", "device"}  # from the command line (or env), never from experiments.yaml
 LEGACY_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mask_fill", "saliency_sign",
                  "saliency_pass", "adv_attack", "adv_eps", "adv_steps", "adv_step_size", "epochs", "batch_size",
                  "lr", "optimizer", "seed", "train_size", "test_size")
@@ -82,6 +92,12 @@ def _coerce(key: str, value, where: str):
         return None
     t = FIELD_TYPES[key]
     try:
+        if t.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if t.startswith("int"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -94,7 +110,8 @@ def _coerce(key: str, value, where: str):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
-        kind = "an integer" if t.startswith("int") else "a number" if t.startswith("float") else "a string"
+        kind = ("an integer" if t.startswith("int") else "a number" if t.startswith("float")
+                else "true or false" if t.startswith("bool") else "a string")
         raise UsageError(f"{where}: '{key.replace('_', '-')}' must be {kind}, got {value!r}") from None
 
 
@@ -145,7 +162,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     from .data import get_dataset
     from .layout import LAYOUTS
 
-    spec = get_dataset(cfg.dataset)
+    spec = get_dataset(cfg.dataset, cfg.data_dir)
     d = dataclasses.asdict(cfg)
     for k, v in spec.defaults.items():
         if d.get(k) is None:
@@ -161,6 +178,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         from .data.files import file_sha256
 
         d["data_sha256"] = file_sha256(cfg.dataset)
+    if d["embeddings"] and spec.layout == "tokens" and d["embeddings_sha256"] is None:
+        from .data import default_data_dir
+        from .data.text import embeddings_sha256
+
+        d["embeddings_sha256"] = embeddings_sha256(d["embeddings"], cfg.data_dir or default_data_dir())
     if cfg.trainer == "asgt":
         for k in ("eps", "steps", "step_size"):
             if d[f"adv_{k}"] is None:
@@ -175,7 +197,7 @@ def validate(cfg: TrainConfig) -> None:
     from .layout import LAYOUTS
     from .models import check_fits, get_model
 
-    spec = get_dataset(cfg.dataset)
+    spec = get_dataset(cfg.dataset, cfg.data_dir)
     lay = LAYOUTS[spec.layout]
     get_model(cfg.model)  # an unknown name lists the models; a bad module:factory says why
     check_fits(cfg.model, spec, cfg.dataset)
@@ -201,7 +223,14 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("train_size", "test_size"):
+    if (cfg.embeddings or cfg.max_len is not None or cfg.freeze_embeddings or cfg.pooling) and spec.layout != "tokens":
+        raise UsageError(f"--embeddings, --max-len, --freeze-embeddings and --pooling are for text; "
+                         f"{cfg.dataset} is {spec.layout} data")
+    if cfg.pooling is not None and cfg.pooling not in ("attention", "max"):
+        raise unknown_name("pooling", cfg.pooling, ("attention", "max"))
+    if cfg.test_split not in ("test", "val"):
+        raise unknown_name("test split", cfg.test_split, ("test", "val"))
+    for name in ("train_size", "test_size", "width", "heads", "max_len"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if not cfg.lr > 0:
@@ -232,7 +261,7 @@ def eps_limit(spec) -> float:
     """The largest sensible eps: the width of the data's value range (1 for images in [0, 1])."""
     if spec.bounds is not None:
         return spec.bounds[1] - spec.bounds[0]
-    return float(spec.attack.get("range", math.inf))
+    return spec.value_range if spec.value_range is not None else math.inf
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -293,12 +322,13 @@ class MaskEvalConfig:
     fractions: tuple[float, ...] | None = None
     order: str = "morf"  # most salient removed first; "lerf": least salient first
     fill: str | None = None  # images: background | mean | zero | random | blur; series: + the process's
-    target: str = "label"  # label | predicted
-    baseline: str = "authors"  # ig / deeplift / shap references: authors | zero | uniform | random | pad
+    target: str | None = None  # label | predicted (text: predicted, ERASER's ŷ)
+    baseline: str | None = None  # ig / deeplift / shap references: authors | zero | uniform | random | pad
     output: str = "logprob"  # the explained output: log p(target | x), or the target's logit
     ties: str = "random"  # equal scores ordered at random (seeded), or by flat index (0.1's rule)
-    reduce: str = "abs"  # image channels: mean of |attr| ("abs") or |mean attr| ("abs-mean")
-    random_seeds: int = 1  # text: the random ranking averaged over this many seeds
+    reduce: str = "abs"  # images: mean over channels of |attr| ("abs") or |mean attr| ("abs-mean");
+    #                      text: |attr summed over the embedding| ("abs")
+    random_seeds: int | None = None  # the random ranking averaged over this many seeds (text: 5)
     rationale_fraction: bool = True  # text: also score at the human rationales' share of tokens
     limit: int | None = None  # first N test samples
     batch_size: int = 250
@@ -344,19 +374,25 @@ TEXT_METHODS = ("grad", "ig", "smoothgrad", "random")
 TEXT_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 0.5)  # ERASER's AOPC thresholds
 
 
-def resolve_mask_eval(cfg: MaskEvalConfig, dataset: str) -> MaskEvalConfig:
+def resolve_mask_eval(cfg: MaskEvalConfig, dataset: str, data_dir=None) -> MaskEvalConfig:
     """Fill the per-kind defaults for a run of `dataset`, then validate: the result is what gets
     hashed and run."""
     from .data import get_dataset
     from .layout import LAYOUTS
 
-    spec = get_dataset(dataset)
+    spec = get_dataset(dataset, data_dir or cfg.data_dir)
     lay = LAYOUTS[spec.layout]
     d = {}
     if cfg.methods is None:
         d["methods"] = TEXT_METHODS if spec.layout == "tokens" else MASK_EVAL_METHODS
     if cfg.fractions is None:
         d["fractions"] = TEXT_FRACTIONS if spec.layout == "tokens" else MASK_EVAL_FRACTIONS
+    if cfg.target is None:
+        d["target"] = "predicted" if spec.layout == "tokens" else "label"
+    if cfg.baseline is None:  # text: the zero vector, which is also the <pad> embedding
+        d["baseline"] = "zero" if spec.layout == "tokens" else "authors"
+    if cfg.random_seeds is None:
+        d["random_seeds"] = 5 if spec.layout == "tokens" else 1
     if cfg.fill is None and spec.layout != "tokens":
         # images: the authors' top-left pixel; series: a fresh draw of the dataset's background
         # process (the benchmark's fill) where it has one, else uniform noise in the series' range
@@ -367,6 +403,13 @@ def resolve_mask_eval(cfg: MaskEvalConfig, dataset: str) -> MaskEvalConfig:
         raise unknown_name(f"{spec.layout} fill", cfg.fill, lay.fills)
     if spec.layout == "image" and cfg.reduce not in ("abs", "abs-mean"):
         raise unknown_name("image channel reduction", cfg.reduce, ("abs", "abs-mean"))
+    if spec.layout != "image" and cfg.reduce != "abs":
+        raise UsageError(f"--reduce is for images; {dataset} is {spec.layout} data")
+    for m in cfg.methods:  # methods that only make sense on one kind of data
+        if m.startswith("tsr-") and spec.layout != "series":
+            raise UsageError(f"--method {m}: temporal saliency rescaling is for series; {dataset} is {spec.layout} data")
+        if m == "occlusion" and spec.layout != "image":
+            raise UsageError(f"--method occlusion slides 4x4 windows over images; {dataset} is {spec.layout} data")
     return cfg
 
 
@@ -383,7 +426,7 @@ def validate_mask_eval(cfg: MaskEvalConfig) -> None:
         ("baseline", cfg.baseline, BASELINES), ("output", cfg.output, MASK_OUTPUTS),
         ("ties", cfg.ties, MASK_TIES), ("device", cfg.device, DEVICES),
     ]:
-        if value not in valid:
+        if value is not None and value not in valid:
             raise unknown_name(kind, value, valid)
     if cfg.fractions is not None:
         if not cfg.fractions:
@@ -395,7 +438,7 @@ def validate_mask_eval(cfg: MaskEvalConfig) -> None:
         raise UsageError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if cfg.random_seeds < 1:
+    if cfg.random_seeds is not None and cfg.random_seeds < 1:
         raise UsageError(f"--random-seeds must be at least 1, got {cfg.random_seeds}")
 
 # --- AttackConfig (issue 4) ---
@@ -447,13 +490,13 @@ def attack_config(methods: str | None = None, eps: str | None = None, **flags) -
     return cfg
 
 
-def resolve_attack(cfg: AttackConfig, dataset: str) -> AttackConfig:
+def resolve_attack(cfg: AttackConfig, dataset: str, data_dir=None) -> AttackConfig:
     """Fill eps/steps/step_size from the dataset's attack defaults, sort and dedupe eps and
     dedupe methods, then validate: the result is what gets hashed."""
     from .data import get_dataset
 
     validate_attack(cfg)
-    ds = get_dataset(dataset)
+    ds = get_dataset(dataset, data_dir or cfg.data_dir)
     spec = ds.attack
     cfg = dataclasses.replace(
         cfg,

@@ -299,7 +299,7 @@ class TokenLayout:
     name = "tokens"
     fills = TOKEN_FILLS
     default_fill = "previous-salient"
-    signs = ("sum", "abs-sum", "l2", "grad-x-input")
+    signs = ("sum", "abs-sum", "l2", "grad-x-input", "abs")
     default_sign = "sum"
 
     def n_features(self, shape) -> int:
@@ -313,9 +313,12 @@ class TokenLayout:
 
     def score(self, attr, inp, how="sum"):
         """(B, L, D) -> (B, L): the gradient summed over each token's embedding (the SGT paper's
-        word saliency, signed), its absolute sum, its L2 norm, or gradient x input summed."""
+        word saliency, signed), the sum's magnitude ("abs", what the ERASER evaluation ranks by),
+        the absolute values' sum, the L2 norm, or gradient x input summed."""
         if how == "sum":
             return attr.sum(-1)
+        if how == "abs":
+            return attr.sum(-1).abs()
         if how == "abs-sum":
             return attr.abs().sum(-1)
         if how == "l2":

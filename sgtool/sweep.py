@@ -30,11 +30,12 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .config import NOT_HASHED, TrainConfig, config_hash, eval_hash, normalise_keys, read_yaml, resolve
+from .config import FLAG_ONLY, TrainConfig, config_hash, eval_hash, normalise_keys, read_yaml, resolve
 from .errors import UsageError, unknown_name
 from .store import CKPT, RUN, find_run, lock_held, runs_root
 
-SECTIONS = ("description", "train", "mask_eval", "attack", "explain")
+SECTIONS = ("description", "train", "mask_eval", "attack", "explain", "parts")
+PART_SECTIONS = ("train", "mask_eval", "attack", "explain")
 EVAL_KINDS = ("mask_eval", "attack", "explain")  # the order a cell runs them in
 _FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
 
@@ -145,11 +146,11 @@ def _eval_settings(kind: str, section, where: str):
     if not isinstance(section, dict):
         raise UsageError(f"{where}: expected a mapping of {kind.replace('_', '-')} settings, got {section!r}")
     cls = eval_class(kind)
-    valid = [f.name for f in fields(cls) if f.name not in NOT_HASHED]
+    valid = [f.name for f in fields(cls) if f.name not in FLAG_ONLY]
     out = {}
     for k, v in section.items():
         key = str(k).replace("-", "_")
-        if key in NOT_HASHED:
+        if key in FLAG_ONLY:
             raise UsageError(f"{where}: '{k}' comes from the --{key.replace('_', '-')} flag, not experiments.yaml")
         if key not in valid:
             raise UsageError(f"{where}: unknown key '{k}'; valid keys: "
@@ -165,7 +166,7 @@ def _grid(train, where: str) -> list[dict]:
     axes = {}
     for k, v in train.items():
         key = str(k).replace("-", "_")
-        if key in NOT_HASHED:
+        if key in FLAG_ONLY:
             raise UsageError(f"{where}: '{k}' comes from the --{key.replace('_', '-')} flag, not experiments.yaml")
         values = v if isinstance(v, list) else [v]
         if not values:
@@ -185,21 +186,39 @@ def load_experiments(path: str | Path) -> dict[str, dict]:
         where = f"{path}: experiment '{name}'"
         if not isinstance(exp, dict):
             raise UsageError(f"{where}: expected a mapping with a 'train' section")
-        keys = {str(k).replace("-", "_"): k for k in exp}
-        for k, orig in keys.items():
-            if k not in SECTIONS:
-                raise UsageError(f"{where}: unknown key '{orig}'; valid keys: "
-                                 f"{', '.join(s.replace('_', '-') for s in SECTIONS)}")
-        if "train" not in keys:
-            raise UsageError(f"{where}: no 'train' section")
-        exp = {k: exp[orig] for k, orig in keys.items()}
-        out[str(name)] = {
-            "description": str(exp.get("description", "")),
-            "train": _grid(exp["train"], f"{where}: train"),
-            **{kind: _eval_settings(kind, exp[kind], f"{where}: {kind.replace('_', '-')}")
-               for kind in EVAL_KINDS if kind in exp},
-        }
+        exp = _sections(exp, SECTIONS, where)
+        if "train" not in exp and "parts" not in exp:
+            raise UsageError(f"{where}: no 'train' section (or a list of 'parts', each with its own train)")
+        if "train" in exp and "parts" in exp:
+            raise UsageError(f"{where}: give either a 'train' section or a list of 'parts', not both")
+        parts = exp["parts"] if "parts" in exp else [{k: v for k, v in exp.items() if k in PART_SECTIONS}]
+        if not isinstance(parts, list) or not parts:
+            raise UsageError(f"{where}: 'parts' must be a list of mappings, each with a 'train' section")
+        out[str(name)] = {"description": str(exp.get("description", "")),
+                          "parts": [_part(p, f"{where}: part {i + 1}" if "parts" in exp else where)
+                                    for i, p in enumerate(parts)]}
     return out
+
+
+def _sections(d, valid, where: str) -> dict:
+    """A mapping's keys as section names (mask-eval or mask_eval), each checked against `valid`."""
+    if not isinstance(d, dict):
+        raise UsageError(f"{where}: expected a mapping with a 'train' section")
+    keys = {str(k).replace("-", "_"): k for k in d}
+    for k, orig in keys.items():
+        if k not in valid:
+            raise UsageError(f"{where}: unknown key '{orig}'; valid keys: {', '.join(s.replace('_', '-') for s in valid)}")
+    return {k: d[orig] for k, orig in keys.items()}
+
+
+def _part(part, where: str) -> dict:
+    """One grid of an experiment: its training cells and the evaluations they get."""
+    part = _sections(part, PART_SECTIONS, where)
+    if "train" not in part:
+        raise UsageError(f"{where}: no 'train' section")
+    return {"train": _grid(part["train"], f"{where}: train"),
+            **{kind: _eval_settings(kind, part[kind], f"{where}: {kind.replace('_', '-')}")
+               for kind in EVAL_KINDS if kind in part}}
 
 
 def plan(path: str | Path, only: str | list[str] | None = None, runs_dir: str | None = None,
@@ -215,18 +234,19 @@ def plan(path: str | Path, only: str | list[str] | None = None, runs_dir: str | 
     flags = {"data_dir": data_dir, "device": device or "auto"}
     cells = []
     for name in names:
-        exp, seen = exps[name], set()
-        for values in exp["train"]:
-            try:
-                cfg = resolve(TrainConfig(**values, runs_dir=runs_dir, **flags))
-            except UsageError as e:
-                raise UsageError(f"{path}: experiment '{name}': train: {e}") from None
-            rid = config_hash(cfg)
-            if rid in seen:
-                continue
-            seen.add(rid)
-            evals = {k: dataclasses.replace(exp[k], **flags) for k in EVAL_KINDS if exp.get(k) is not None}
-            cells.append(Cell(name, cfg, rid, evals))
+        seen = set()
+        for part in exps[name]["parts"]:
+            for values in part["train"]:
+                try:
+                    cfg = resolve(TrainConfig(**values, runs_dir=runs_dir, **flags))
+                except UsageError as e:
+                    raise UsageError(f"{path}: experiment '{name}': train: {e}") from None
+                rid = config_hash(cfg)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                evals = {k: dataclasses.replace(part[k], **flags) for k in EVAL_KINDS if part.get(k) is not None}
+                cells.append(Cell(name, cfg, rid, evals))
     return cells
 
 

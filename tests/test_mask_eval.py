@@ -66,7 +66,7 @@ def test_exactly_the_k_most_salient_positions_are_removed_once_each(run, monkeyp
             seen.append(x.detach().clone())
             return self.model(x)
 
-    monkeypatch.setattr(module, "load_model", lambda r, device: (Recorder(real_load(r, device)[0]), real_load(r, device)[1]))
+    monkeypatch.setattr(module, "load_model", lambda r, device, **kw: (Recorder(real_load(r, device)[0]), real_load(r, device)[1]))
     x = load("synthetic", test_size=64).x_test[:n]
     rank = removal_rank(score.view(n, -1)).view(n, 28, 28)  # (n, H, W)
     fractions = (0.0, 0.1, 0.25, 0.5, 0.9)

@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from sgtool.data import DATASETS
-from sgtool.models import MODELS, build
+from sgtool.models import build, models_for
 
-# Which models each dataset shape supports (resnet18 is heavy: checked on one shape only).
-CASES = [(m, d) for m in MODELS for d in DATASETS if not (m == "resnet18" and d != "cifar10")]
+# Every image model on every image dataset (resnet18 is heavy: checked on one shape only). The
+# series and text models have their own tests (test_series.py, test_text.py).
+CASES = [(m, d) for m in models_for("image") for d in DATASETS
+         if DATASETS[d].layout == "image" and not (m == "resnet18" and d != "cifar10")]
 
 
 @pytest.mark.parametrize("name, dataset", CASES)

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from sgtool.errors import UsageError
 from sgtool.layout import removal_rank
-from sgtool.models import MODELS, build
+from sgtool.models import build, models_for
 from sgtool.saliency import SALIENCY, get_saliency, position_score
 
 
@@ -48,7 +48,7 @@ def test_ig_baselines_differ_and_unknown_method_lists_names():
         get_saliency("lime")
 
 
-@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("model_name", models_for("image"))
 @pytest.mark.parametrize("name", ["deeplift", "guided-backprop"])
 def test_deeplift_and_guided_backprop_run_on_every_model(model_name, name):
     model, x, t = tiny_batch(model_name, n=1)

@@ -146,12 +146,21 @@ def test_cli_sweep_bad_input(tmp_path):
 
 def test_repo_experiments_file():
     """The shipped experiments parse, with the papers' settings."""
-    cells = sweep.plan(REPO / "experiments.yaml", runs_dir="unused")
+    from tests.conftest import SHARED_DATA
+
+    names = list(sweep.load_experiments(REPO / "experiments.yaml"))
+    if not (SHARED_DATA / "glove").is_dir():  # eraser-movies hashes its GloVe file: it needs the file
+        names.remove("eraser-movies")
+    cells = sweep.plan(REPO / "experiments.yaml", only=names, runs_dir="unused", data_dir=str(SHARED_DATA))
     by = {}
     for c in cells:
         by.setdefault(c.experiment, []).append(c)
-    assert {k: len(v) for k, v in by.items()} == {"demo": 2, "mnist-sgt": 6, "mnist-asgt": 3, "cifar10-asgt": 3,
-                                                  "cifar10-sgt": 2}
+    assert {k: len(v) for k, v in by.items()} == {"demo": 6, "mnist-sgt": 6, "mnist-asgt": 3, "cifar10-asgt": 3,
+                                                  "cifar10-sgt": 2, "tsb-sgt": 264,
+                                                  **({"eraser-movies": 6} if "eraser-movies" in names else {})}
+    assert {c.cfg.dataset for c in by["demo"]} == {"synthetic", "tsb-middle-box", "synthetic-text"}
+    assert len({c.cfg.dataset for c in by["tsb-sgt"]}) == 11 and {c.cfg.model for c in by["tsb-sgt"]} == {
+        "tcn", "lstm-ica", "lstm", "transformer"}
     assert {c.cfg.trainer for c in by["mnist-asgt"]} == {"standard", "sgt", "asgt"}
     assert by["mnist-asgt"][0].evals["attack"].eps == (0.1, 0.2, 0.3)
     assert by["cifar10-asgt"][0].evals["attack"].eps == (2 / 255, 4 / 255, 8 / 255)

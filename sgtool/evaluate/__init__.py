@@ -9,8 +9,8 @@ run directory, keyed by the hash of the evaluation's own config (config.eval_has
 """
 
 from .attack import attack_eval
-from .ground_truth import GT_LEVELS, aupr, precision_at_gt, saliency_precision_recall, trapezoid
+from .ground_truth import GT_LEVELS, aupr_sorted, precision_at_gt, saliency_precision_recall, trapezoid
 from .mask_eval import mask_eval
 
-__all__ = ["attack_eval", "mask_eval", "saliency_precision_recall", "precision_at_gt", "aupr", "trapezoid",
+__all__ = ["attack_eval", "mask_eval", "saliency_precision_recall", "precision_at_gt", "aupr_sorted", "trapezoid",
            "GT_LEVELS"]

@@ -91,11 +91,12 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
     from ..saliency import input_gradient
     from ..store import save_tensors
 
-    spec = get_dataset(run["config"]["dataset"])
+    data_dir = cfg.data_dir or run["config"].get("data_dir")
+    spec = get_dataset(run["config"]["dataset"], data_dir)
     if spec.layout == "tokens":
         raise UsageError(f"run {run['id']} is a text model: its input is token ids, which an eps-ball "
                          f"does not perturb; attack image and series runs")
-    cfg = resolve_attack(cfg, run["config"]["dataset"])
+    cfg = resolve_attack(cfg, run["config"]["dataset"], data_dir)
     eid = eval_hash(cfg, run["id"])
     out_dir = Path(run["dir"]) / "attack"
     csv_path, json_path = out_dir / f"{eid}.csv", out_dir / f"{eid}.json"
@@ -107,7 +108,7 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
                 "examples": ex_path if ex_path.is_file() else None}
 
     device = pick_device(cfg.device)
-    model, tcfg = load_model(run, device)
+    model, tcfg = load_model(run, device, data_dir=data_dir)
     model = freeze(model)  # input gradients only; channels-last
     data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=cfg.data_dir)
     try:

@@ -31,10 +31,10 @@ from ..data import get_dataset
 from ..errors import SgtoolError
 from ..layout import LAYOUTS, n_masked, removal_rank, valid_count
 from ..models import freeze
-from ..saliency import explain_setup, get_saliency
+from ..saliency import explain_setup, get_saliency, rnn_safe
 from ..store import read_csv, write_csv, write_json
 from ..train import load_data, load_model, pick_device
-from .ground_truth import GT_LEVELS, precision_at_gt, saliency_precision_recall, trapezoid
+from .ground_truth import GT_LEVELS, precision_at_gt, saliency_precision_recall, series_metrics, trapezoid
 
 DI_STEPS = 10
 
@@ -107,7 +107,7 @@ def _numbers(rows: list[dict]) -> list[dict]:
     return [{k: conv(k, v) for k, v in r.items()} for r in rows]
 
 
-def _cached_mask_eval(run: dict, eid: str, paths: dict) -> dict | None:
+def _cached_mask_eval(run: dict, eid: str, paths: dict, cfg) -> dict | None:
     if not all(p.is_file() for p in paths.values()):
         return None
     try:
@@ -115,7 +115,7 @@ def _cached_mask_eval(run: dict, eid: str, paths: dict) -> dict | None:
         rows, summary = _numbers(read_csv(paths["csv"])), _numbers(read_csv(paths["summary"]))
     except (OSError, ValueError):
         return None  # unreadable: evaluate again and overwrite
-    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": True,
+    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": True, "config": cfg,
             "seconds": meta.get("seconds", {}), "clean_accuracy": meta.get("clean_accuracy")}
 
 
@@ -126,23 +126,24 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
     A text run gets ERASER's comprehensiveness, sufficiency and plausibility (evaluate.eraser).
 
     Returns {"id", "rows", "summary", "path" (the rows' CSV), "cached", "seconds" (per method),
-    "clean_accuracy"}. Written under <run dir>/mask_eval/ as <id>.csv, <id>.summary.csv and,
+    "clean_accuracy", "config" (resolved: the run's kind of data filled in)}. Written under <run dir>/mask_eval/ as <id>.csv, <id>.summary.csv and,
     last, <id>.json; a second call with the same config is served from there unless `force`.
     `on_progress(method=, done=, total=)` is called after each batch of each method.
     """
-    cfg = resolve_mask_eval(cfg, run["config"]["dataset"])
-    spec = get_dataset(run["config"]["dataset"])
+    data_dir = cfg.data_dir or run["config"].get("data_dir")
+    cfg = resolve_mask_eval(cfg, run["config"]["dataset"], data_dir)
+    spec = get_dataset(run["config"]["dataset"], data_dir)
     if spec.layout == "tokens":
         from .eraser import eraser_eval
 
         return eraser_eval(run, cfg, force=force, on_progress=on_progress)
     eid = eval_hash(cfg, run["id"])
     paths = _mask_eval_paths(run, eid)
-    if not force and (hit := _cached_mask_eval(run, eid, paths)) is not None:
+    if not force and (hit := _cached_mask_eval(run, eid, paths, cfg)) is not None:
         return hit
 
     device = pick_device(cfg.device)
-    model, tcfg = load_model(run, device)
+    model, tcfg = load_model(run, device, data_dir=data_dir)
     model = freeze(model)  # input gradients only; channels-last
     lay = LAYOUTS[spec.layout]
     # The run's own test split (its --test-size), first `limit` samples; no training data needed.
@@ -182,12 +183,13 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
         fn, t0 = get_saliency(name), time.perf_counter()
         correct = torch.zeros(len(cfg.fractions))
         deletion, insertion = torch.zeros(len(steps)), torch.zeros(len(steps))
-        gt_sums = torch.zeros(3)  # aup, aur, precision at |GT|, summed over samples
+        gt_sums: dict[str, torch.Tensor] = {}  # ground-truth metrics, summed over samples
         for b, s in enumerate(bounds):
             sl = slice(s, s + cfg.batch_size)
             xb, yb, tb = x[sl].to(device), y[sl], targets[sl]
             valid = valid_of(sl)
-            attr = fn(explained, xb, tb.to(device), seed=_seed(cfg.seed, b, 1), **kw)
+            with rnn_safe(model, xb):
+                attr = fn(explained, xb, tb.to(device), seed=_seed(cfg.seed, b, 1), **kw)
             score = lay.score(attr.detach().float(), xb, cfg.reduce).cpu()  # (B, N)
             ties = torch.Generator().manual_seed(_seed(cfg.seed, b, 2)) if cfg.ties == "random" else None
             rank = removal_rank(score, valid, ties)  # (B, N)
@@ -204,14 +206,22 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
                 insertion[i] += passes("bottom", full - k).gather(1, tb[:, None]).sum()
             if gt is not None:
                 pos = score if valid is None else score.masked_fill(~valid, 0.0)
-                prec, rec = saliency_precision_recall(pos, gt[sl])
-                gt_sums += torch.stack([trapezoid(prec, GT_LEVELS).sum(), trapezoid(rec, GT_LEVELS).sum(),
-                                        precision_at_gt(pos, gt[sl], ties).sum()])
+                if spec.layout == "series":  # the benchmark's full set, on its rescaled maps
+                    # one feature permutation for the whole evaluation: the same seed in every batch
+                    perm = torch.Generator().manual_seed(_seed(cfg.seed, 0, 3))
+                    sums = series_metrics(pos, gt[sl], spec.shape, perm)
+                else:
+                    prec, rec = saliency_precision_recall(pos, gt[sl])
+                    sums = {"aup": trapezoid(prec, GT_LEVELS).sum(), "aur": trapezoid(rec, GT_LEVELS).sum(),
+                            "precision_at_gt": precision_at_gt(pos, gt[sl], ties).sum()}
+                for key, v in sums.items():  # float32 sums, as sgtool 0.1 kept them
+                    gt_sums[key] = gt_sums.get(key, torch.zeros(())) + torch.as_tensor(v, dtype=torch.float32)
             if on_progress:
                 on_progress(method=name, done=mi * len(bounds) + b + 1, total=len(cfg.methods) * len(bounds))
         seconds[name] = round(time.perf_counter() - t0, 3)
         stats[name] = {"acc": (correct / n).tolist(), "deletion": trapezoid(deletion / n, steps).item(),
-                       "insertion": trapezoid(insertion / n, steps).item(), "gt": (gt_sums / n).tolist()}
+                       "insertion": trapezoid(insertion / n, steps).item(),
+                       "gt": {k: (v / n).item() for k, v in gt_sums.items()}}
 
     rows, summary = _mask_eval_tables(run["id"], cfg, stats, n, gt is not None)
     clean_acc = round((clean_p.argmax(1) == y).float().mean().item(), 6)
@@ -220,7 +230,7 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
     write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
                                "created": datetime.now(timezone.utc).isoformat(), "n": n,
                                "clean_accuracy": clean_acc, "seconds": seconds})
-    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False,
+    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False, "config": cfg,
             "seconds": seconds, "clean_accuracy": clean_acc}
 
 
@@ -239,8 +249,14 @@ def _mask_eval_tables(run_id: str, cfg: MaskEvalConfig, stats: dict, n: int, has
         row = {"run": run_id, "method": m, "auc": r6(auc[m]),
                "auc_vs_random": r6(auc[m] - auc["random"]) if rnd else None,
                "deletion_auc": r6(st["deletion"]), "insertion_auc": r6(st["insertion"])}
-        for key, v in zip(("aup", "aur", "precision_at_gt"), st["gt"]):
-            row[key] = r6(v) if has_gt else None
+        for key in ("aup", "aur", "precision_at_gt"):
+            row[key] = r6(st["gt"][key]) if has_gt else None
+        extra = [k for k in st["gt"] if k not in row]  # series: aupr, time/feature level, permuted map
+        for key in extra:
+            row[key] = r6(st["gt"][key])
+        if "perm_aup" in st["gt"]:  # the paper's Table 2: a method's AUP minus its permuted map's
+            row["diff_aup"] = r6(st["gt"]["aup"] - st["gt"]["perm_aup"])
+            row["diff_aur"] = r6(st["gt"]["aur"] - st["gt"]["perm_aur"])
         for f, a, ra in zip(cfg.fractions, st["acc"], rnd["acc"] if rnd else [None] * len(st["acc"])):
             # Positive: removing this method's choice costs more accuracy than removing at random.
             row[f"drop_vs_random_{f:g}"] = r6(ra - a) if rnd else None

@@ -1,0 +1,124 @@
+"""Text models: factory((L,), num_classes, vocab_size, vectors, ...) -> nn.Module over token ids.
+
+Every token model exposes its embedding, which is what SGT and the saliency methods work on
+(sgtool.layout's token layout): `embed(ids) -> (B, L, D)`, `forward_embedded(e, mask) -> logits`
+with mask (B, L) true on real tokens, `forward(ids)`, and `pad_id`, `unk_id`, `first_word_id`,
+`vocab_size`.
+
+    bilstm   embedding -> BiLSTM (1 layer, 128 per direction, as ERASER's GloVe baseline) ->
+             pooling -> feed-forward (128, ReLU, dropout 0.2) -> logits. Padding is honoured:
+             the LSTM runs on packed sequences, and pooling sees real tokens only. Pooling:
+             `attention` (additive, with a learned query vector, as ERASER's baseline; the
+             default) or `max`.
+    textcnn  embedding -> convolutions of widths 3, 4, 5 (100 filters each) -> max over the real
+             tokens -> dropout 0.5 -> logits (Kim 2014): a cheap second architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..errors import UsageError
+
+POOLINGS = ("attention", "max")
+
+
+class TokenModel(nn.Module):
+    """What every token model shares: the embedding, its special ids, and forward(ids)."""
+
+    def __init__(self, vocab_size, vectors=None, dim=50, freeze=False, pad_id=0, unk_id=1, first_word_id=3):
+        super().__init__()
+        if vectors is not None:
+            vocab_size, dim = vectors.shape
+        self.emb = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        if vectors is not None:
+            with torch.no_grad():
+                self.emb.weight.copy_(vectors)
+        self.emb.weight.requires_grad_(not freeze)
+        self.vocab_size, self.pad_id, self.unk_id, self.first_word_id = vocab_size, pad_id, unk_id, first_word_id
+
+    def embed(self, ids):  # (B, L) -> (B, L, D)
+        return self.emb(ids)
+
+    def forward(self, ids):
+        return self.forward_embedded(self.embed(ids), ids != self.pad_id)
+
+
+class BiLSTM(TokenModel):
+    def __init__(self, vocab_size, num_classes, hidden=128, pooling="attention", **kw):
+        super().__init__(vocab_size, **kw)
+        if pooling not in POOLINGS:
+            raise UsageError(f"unknown pooling '{pooling}'; choose from: {', '.join(POOLINGS)}")
+        self.pooling = pooling
+        self.lstm = nn.LSTM(self.emb.embedding_dim, hidden, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(0.2)
+        if pooling == "attention":  # v^T tanh(W h_t + U q), q a learned vector: ERASER's baseline
+            self.att_h = nn.Linear(2 * hidden, 2 * hidden, bias=False)
+            self.att_q = nn.Parameter(torch.randn(2 * hidden) * 0.1)
+            self.att_v = nn.Linear(2 * hidden, 1, bias=False)
+        self.ff = nn.Sequential(nn.Linear(2 * hidden, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes))
+
+    def forward_embedded(self, e, mask):  # (B, L, D), (B, L)
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        h, _ = pad_packed_sequence(out, batch_first=True, total_length=e.shape[1])  # (B, L, 2H)
+        h = self.drop(h)
+        real = mask[:, :, None]
+        if self.pooling == "max":
+            pooled = h.masked_fill(~real, float("-inf")).amax(1)
+        else:
+            scores = self.att_v(torch.tanh(self.att_h(h) + self.att_q)).masked_fill(~real, float("-inf"))
+            pooled = (scores.softmax(1) * h).sum(1)
+        return self.ff(pooled)
+
+
+class TextCNN(TokenModel):
+    def __init__(self, vocab_size, num_classes, filters=100, widths=(3, 4, 5), **kw):
+        super().__init__(vocab_size, **kw)
+        d = self.emb.embedding_dim
+        self.convs = nn.ModuleList(nn.Conv1d(d, filters, w, padding=w - 1) for w in widths)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(filters * len(widths), num_classes)
+
+    def forward_embedded(self, e, mask):
+        x = (e * mask[..., None]).transpose(1, 2)  # (B, D, L)
+        feats = []
+        for conv in self.convs:
+            h = F.relu(conv(x))[..., : e.shape[1]]  # (B, filters, L): each output sees tokens <= t
+            feats.append(h.masked_fill(~mask[:, None, :], float("-inf")).amax(2))
+        return self.fc(self.drop(torch.cat(feats, 1)))
+
+
+def _kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, width_dim=50):
+    return dict(vectors=vectors, freeze=bool(freeze_embeddings), pad_id=pad_id, unk_id=unk_id,
+                first_word_id=first_word_id, dim=width_dim)
+
+
+def bilstm(shape, num_classes, vocab_size=None, vectors=None, width=None, pooling=None, freeze_embeddings=False,
+           pad_id=0, unk_id=1, first_word_id=3):
+    if vocab_size is None and vectors is None:
+        raise UsageError("bilstm needs a text dataset's vocabulary")
+    return BiLSTM(vocab_size, num_classes, hidden=width or 128, pooling=pooling or "attention",
+                  **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id))
+
+
+def textcnn(shape, num_classes, vocab_size=None, vectors=None, width=None, freeze_embeddings=False, pad_id=0,
+            unk_id=1, first_word_id=3, **_):
+    if vocab_size is None and vectors is None:
+        raise UsageError("textcnn needs a text dataset's vocabulary")
+    return TextCNN(vocab_size, num_classes, filters=width or 100,
+                   **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id))
+
+
+def _register():
+    from . import register_model
+
+    register_model("bilstm", bilstm, "tokens")
+    register_model("textcnn", textcnn, "tokens")
+
+
+_register()

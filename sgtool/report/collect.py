@@ -35,6 +35,7 @@ class Report:
     curves: pd.DataFrame  # run, group, epoch, train_loss, train_acc, test_acc
     mask_eval: pd.DataFrame  # run, group, eval, method, fraction, accuracy
     mask_summary: pd.DataFrame  # run, group, eval, method, metric, value
+    eraser: pd.DataFrame  # text runs: run, group, eval, method, fraction, comprehensiveness, sufficiency
     attack: pd.DataFrame  # run, group, eval, method, eps, accuracy
     explain: list[dict]  # {"run", "group", "eval", "path"} of each cached explain_run
     evals: dict[str, pd.DataFrame]  # kind -> one row per evaluation config: eval, its varying keys
@@ -132,8 +133,10 @@ def _read_eval(run: dict, kind: str, warnings: list[str]):
             if kind == "explain":
                 yield eid, meta, None, None
                 continue
-            rows = _numeric(pd.read_csv(folder / f"{eid}.csv"),
-                            ["method", "accuracy", "fraction" if kind == "mask_eval" else "eps"])
+            rows = pd.read_csv(folder / f"{eid}.csv")
+            # a text run's mask-eval (ERASER) has comprehensiveness and sufficiency instead of accuracy
+            value = "comprehensiveness" if kind == "mask_eval" and "comprehensiveness" in rows.columns else "accuracy"
+            rows = _numeric(rows, ["method", value, "fraction" if kind == "mask_eval" else "eps"])
             summary = None
             if kind == "mask_eval" and (folder / f"{eid}.summary.csv").is_file():
                 summary = _numeric(pd.read_csv(folder / f"{eid}.summary.csv"), ["method"])
@@ -149,7 +152,7 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
     root = Path(runs_root)
     wanted = parse_where(where)
     found, warnings = list_runs(root)
-    runs, curves, me, ms, at, ex = [], [], [], [], [], []
+    runs, curves, me, ms, at, ex, er = [], [], [], [], [], [], []
     gkeys: dict[str, dict] = {}  # group key -> effective config without seed
     ekeys: dict[str, dict[str, dict]] = {k: {} for k in EVAL_KINDS}  # kind -> eval key -> config
     for r in found:
@@ -184,8 +187,13 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
                 if kind == "explain":
                     ex.append({**ids, "path": r["dir"] / "explain" / f"{eid}.safetensors"})
                 elif kind == "mask_eval":
-                    me += [{**ids, "method": row["method"], "fraction": row["fraction"], "accuracy": row["accuracy"]}
-                           for row in rows.to_dict("records")]
+                    if "accuracy" in rows.columns:
+                        me += [{**ids, "method": row["method"], "fraction": row["fraction"], "accuracy": row["accuracy"]}
+                               for row in rows.to_dict("records")]
+                    else:
+                        er += [{**ids, "method": row["method"], "fraction": row["fraction"],
+                                "comprehensiveness": row["comprehensiveness"], "sufficiency": row["sufficiency"]}
+                               for row in rows.to_dict("records")]
                     ms += [{**ids, "method": row["method"], "metric": metric, "value": value}
                            for row in ([] if summary is None else summary.to_dict("records"))
                            for metric, value in row.items() if metric not in ("run", "method") and pd.notna(value)]
@@ -213,7 +221,8 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
     def frame(rows, cols, kind=None):
         # An evaluation repeated with a different method list measures the same thing twice.
         df = pd.DataFrame(rows, columns=cols).drop_duplicates(subset=[c for c in cols if c not in (
-            "accuracy", "value", "train_loss", "train_acc", "test_acc", "train_seconds")], keep="last")
+            "accuracy", "value", "train_loss", "train_acc", "test_acc", "train_seconds", "comprehensiveness",
+            "sufficiency")], keep="last")
         df["group"] = df["group"].map(gid)
         if kind:
             df["eval"] = df["eval"].map(eid_map[kind])
@@ -226,6 +235,7 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
         curves=frame(curves, ["run", "group", "epoch", "train_loss", "train_acc", "test_acc"]),
         mask_eval=frame(me, ["run", "group", "eval", "method", "fraction", "accuracy"], "mask_eval"),
         mask_summary=frame(ms, ["run", "group", "eval", "method", "metric", "value"], "mask_eval"),
+        eraser=frame(er, ["run", "group", "eval", "method", "fraction", "comprehensiveness", "sufficiency"], "mask_eval"),
         attack=frame(at, ["run", "group", "eval", "method", "eps", "accuracy"], "attack"),
         explain=[{**x, "group": gid[x["group"]], "eval": eid_map["explain"][x["eval"]]} for x in ex],
         evals=evals,

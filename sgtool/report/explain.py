@@ -6,6 +6,7 @@ the same for one run and caches it under runs/<id>/explain/, which is what `sgto
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,10 +16,10 @@ import torch
 
 from ..config import eval_hash
 from ..errors import SgtoolError, UsageError, unknown_name
-from ..store import atomic_write_bytes, load_tensors, save_tensors, write_json
+from ..store import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from .plots import DPI, _png
 
-# A renderer per data kind: fn(maps) -> PNG bytes. Time series and text get their own later.
+# A renderer per kind of input: fn(maps) -> PNG bytes (RENDERERS, below).
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,162 @@ def render_image(maps: dict) -> bytes:
     return _png(fig)
 
 
-RENDERERS = {"image": render_image}
+# Layout of a series grid, in inches: each panel is the input's lines over its saliency heatmap.
+S_W, S_LINES, S_HEAT, S_GAP, S_HEAD, S_FOOT = 2.7, 0.55, 1.45, 0.5, 0.45, 0.55
+
+
+def series_size(rows: int, cols: int) -> tuple[int, int]:
+    return round(cols * S_W * DPI), round((S_HEAD + rows * (S_LINES + S_HEAT + S_GAP) + S_FOOT) * DPI)
+
+
+def render_series(maps: dict) -> bytes:
+    """One panel per (sample, run-method column): the input's features as lines above, and
+    |attribution| as a heatmap of features (rows) over time (columns) below it, with the
+    ground-truth box outlined in cyan where the data has one. Each panel has its own scale, 0 to
+    its 99th percentile (a series' saliency can differ by orders of magnitude from the next
+    one's); padded steps are greyed out."""
+    from matplotlib.figure import Figure
+
+    x = maps["input"].numpy()  # (N, T, F)
+    n, t, f = x.shape
+    cols = len(maps["columns"])
+    w, h = series_size(n, cols)
+    W, H = w / DPI, h / DPI
+    fig = Figure(figsize=(W, H), dpi=DPI)
+    gt = maps.get("gt")
+    valid = maps.get("valid")
+    classes, labels = maps["classes"], maps["label"].tolist()
+    name = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
+    row_h = S_LINES + S_HEAT + S_GAP
+    for j, (col, attr, pred) in enumerate(zip(maps["columns"], maps["maps"], maps["pred"])):
+        score = attr.abs().numpy()  # (N, T, F)
+        left, width = (j * S_W + 0.4) / W, (S_W - 0.55) / W
+        fig.text((j + 0.5) * S_W / W, 1 - 0.05 / H, col["title"], ha="center", va="top", fontsize=8)
+        for i in range(n):
+            top = H - S_HEAD - i * row_h
+            lines = fig.add_axes((left, (top - S_LINES) / H, width, S_LINES / H))
+            lines.plot(np.arange(t), x[i], lw=0.5, alpha=0.6)
+            lines.set_xlim(-0.5, t - 0.5)
+            lines.set_xticks([])
+            lines.tick_params(labelsize=5)
+            if j == 0:
+                lines.set_ylabel(f"#{int(maps['index'][i])}", fontsize=7)
+            heat = fig.add_axes((left, (top - S_LINES - S_HEAT) / H, width, S_HEAT / H))
+            vmax = float(np.percentile(score[i], 99)) or float(score[i].max()) or 1.0
+            im = heat.imshow(score[i].T / vmax, aspect="auto", cmap="inferno", vmin=0, vmax=1, origin="lower",
+                             interpolation="nearest")
+            if gt is not None:
+                heat.contour(gt[i].numpy().T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+            if valid is not None and not bool(valid[i].all()):
+                pad = ~valid[i].numpy()
+                heat.imshow(np.broadcast_to(pad[None, :], (f, t)), aspect="auto", origin="lower", cmap="Greys",
+                            alpha=0.5 * pad[None, :].astype(float), interpolation="nearest")
+            heat.tick_params(labelsize=5)
+            p = int(pred[i])
+            heat.set_xlabel(f"time · pred {name(p)} | label {name(labels[i])}", fontsize=6, labelpad=1,
+                            color="black" if p == labels[i] else "red")
+            if j == 0:
+                heat.set_ylabel("feature", fontsize=6)
+        cax = fig.add_axes((left, 0.25 / H, width, 0.1 / H))
+        bar = fig.colorbar(im, cax=cax, orientation="horizontal", extend="max")
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("|attribution| / its 99th percentile", fontsize=6)
+    return _png(fig)
+
+
+# Text: the first TOKENS_SHOWN tokens of each document in the PNG (the HTML shows them all),
+# TOKENS_PER_ROW to a row of cells.
+TOKENS_SHOWN, TOKENS_PER_ROW, T_CELL_W, T_CELL_H = 160, 16, 0.62, 0.2
+
+
+def _token_rows(n_tokens: int) -> int:
+    return math.ceil(min(n_tokens, TOKENS_SHOWN) / TOKENS_PER_ROW)
+
+
+def tokens_size(maps: dict) -> tuple[int, int]:
+    cols = len(maps["columns"])
+    rows = sum(_token_rows(int(v.sum())) for v in maps["real"])
+    w = cols * (TOKENS_PER_ROW * T_CELL_W + 0.3)
+    h = 0.6 + rows * T_CELL_H + len(maps["real"]) * 0.45
+    return round(w * DPI), round(h * DPI)
+
+
+def render_tokens(maps: dict) -> bytes:
+    """Each document's first tokens as a grid of cells, one grid per (run, method) column side by
+    side: a cell's colour is the token's score (|gradient summed over its embedding|, each
+    document's own scale), human-rationale tokens are underlined in blue. The HTML beside the
+    PNG (render_tokens_html) shows whole documents."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    w, h = tokens_size(maps)
+    W, H = w / DPI, h / DPI
+    fig = Figure(figsize=(W, H), dpi=DPI)
+    cmap = colormaps["Reds"]
+    col_w = TOKENS_PER_ROW * T_CELL_W + 0.3
+    classes, labels = maps["classes"], maps["label"].tolist()
+    for j, (col, score, pred) in enumerate(zip(maps["columns"], maps["maps"], maps["pred"])):
+        fig.text((j * col_w + col_w / 2) / W, 1 - 0.05 / H, col["title"].replace("\n", " · "), ha="center",
+                 va="top", fontsize=8)
+        top = H - 0.55
+        for i, words in enumerate(maps["tokens"]):
+            s = score[i][: len(words)].clamp_min(0)
+            hi = float(s[torch.isfinite(s)].max()) if torch.isfinite(s).any() else 1.0
+            p = int(pred[i])
+            fig.text((j * col_w + 0.15) / W, top / H, f"#{int(maps['index'][i])} pred {classes[p]} | label "
+                     f"{classes[labels[i]]}", fontsize=6, va="bottom", color="black" if p == labels[i] else "red")
+            for k, word in enumerate(words[:TOKENS_SHOWN]):
+                r, c = divmod(k, TOKENS_PER_ROW)
+                x0, y0 = j * col_w + 0.15 + c * T_CELL_W, top - (r + 1) * T_CELL_H
+                v = float(s[k]) / hi if hi > 0 and math.isfinite(float(s[k])) else 0.0
+                fig.patches.append(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+                    (x0 / W, y0 / H), (T_CELL_W - 0.02) / W, (T_CELL_H - 0.02) / H, transform=fig.transFigure,
+                    facecolor=cmap(0.85 * v), edgecolor="none"))
+                fig.text((x0 + 0.03) / W, (y0 + 0.05) / H, word[:9], fontsize=5.5, color="white" if v > 0.6 else "black")
+                if bool(maps["gt"][i][k]):
+                    fig.lines.append(__import__("matplotlib.lines", fromlist=["Line2D"]).Line2D(
+                        [x0 / W, (x0 + T_CELL_W - 0.02) / W], [(y0 + 0.01) / H] * 2, transform=fig.transFigure,
+                        color="tab:blue", linewidth=1.2))
+            top -= _token_rows(len(words)) * T_CELL_H + 0.45
+    return _png(fig)
+
+
+def render_tokens_html(maps: dict) -> str:
+    """One self-contained HTML page: one row per document, one column per (run, method); each
+    token's background is its score (the document's own scale), rationale tokens underlined."""
+    import html as h
+
+    head = "".join(f"<th>{h.escape(c['title']).replace(chr(10), '<br>')}</th>" for c in maps["columns"])
+    rows = []
+    classes, labels = maps["classes"], maps["label"].tolist()
+    for i, words in enumerate(maps["tokens"]):
+        cells = []
+        for score, pred in zip(maps["maps"], maps["pred"]):
+            s = score[i][: len(words)].clamp_min(0)
+            hi = float(s[torch.isfinite(s)].max()) if torch.isfinite(s).any() else 1.0
+            spans = []
+            for k, word in enumerate(words):
+                v = float(s[k]) / hi if hi > 0 and math.isfinite(float(s[k])) else 0.0
+                style = f"background:rgba(220,40,30,{0.85 * v:.3f})"
+                if bool(maps["gt"][i][k]):
+                    style += ";text-decoration:underline;text-decoration-color:#1f77b4;text-decoration-thickness:2px"
+                spans.append(f"<span style='{style}'>{h.escape(word)}</span>")
+            p = int(pred[i])
+            verdict = f"pred {h.escape(classes[p])} | label {h.escape(classes[labels[i]])}"
+            color = "" if p == labels[i] else " style='color:#c00'"
+            cells.append(f"<td><div class='v'{color}>#{int(maps['index'][i])} {verdict}</div>{' '.join(spans)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>sgtool explain</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}"
+            "td,th{vertical-align:top;border:1px solid #ddd;padding:6px;max-width:42em;line-height:1.6;font-size:0.85em}"
+            ".v{color:#555;font-size:0.9em;margin-bottom:4px}</style></head><body>"
+            f"<h1>Saliency on {h.escape(maps['dataset'])}</h1><p>Each token's background: its saliency "
+            "(|gradient summed over its embedding|), on each document's own scale. Underlined: the human rationale."
+            f"</p><table><tr>{head}</tr>{''.join(rows)}</table></body></html>")
+
+
+RENDERERS = {"image": render_image, "series": render_series, "tokens": render_tokens}
+SIZES = {"image": lambda n, c: explain_size(n, c + 1), "series": series_size}
 
 
 def render_maps(maps: dict) -> bytes:
@@ -127,13 +283,14 @@ def validate_explain(cfg: ExplainConfig) -> None:
 def compute_maps(runs: list[dict], cfg: ExplainConfig) -> dict:
     """Saliency of each (run, method) pair on the same test samples (the first run's test split).
 
-    Returns {"kind", "dataset", "classes", "input" (N, C, H, W), "label" (N,), "index" (N,),
-    "columns": [{"run", "method", "trainer", "mask_frac", "title"}], "maps": [(N, C, H, W)],
-    "pred": [(N,)]}: one map and prediction vector per column. Saliency targets the label.
+    Returns {"kind" (the layout), "dataset", "classes", "input" (N, ...), "label" (N,), "index"
+    (N,), "columns": [{"run", "method", "trainer", "mask_frac", "title"}], "maps": [attribution
+    like the input], "pred": [(N,)], and "gt", "valid" where the data has them}: one map and
+    prediction vector per column. Saliency targets the label.
     """
     from ..config import from_dict
     from ..data import get_dataset
-    from ..saliency import explain_setup, get_saliency
+    from ..saliency import explain_setup, get_saliency, rnn_safe
     from ..train import load_data, load_model, pick_device
 
     validate_explain(cfg)
@@ -143,9 +300,9 @@ def compute_maps(runs: list[dict], cfg: ExplainConfig) -> dict:
     datasets = sorted({r["config"].get("dataset") for r in runs})
     if len(datasets) > 1:
         raise UsageError(f"explain compares runs of one dataset; got {', '.join(datasets)}")
-    spec = get_dataset(datasets[0])
-    if len(spec.shape) != 3:
-        raise SgtoolError(f"explain has no renderer for {datasets[0]} yet (shape {spec.shape})")
+    spec = get_dataset(datasets[0], cfg.data_dir)
+    if spec.layout not in RENDERERS:
+        raise SgtoolError(f"explain has no renderer for {spec.layout} data yet")
     cfg0 = runs[0]["config"]
     # The first run's own test split: for synthetic data the samples depend on the split size.
     data = load_data(from_dict(cfg0), train_size=1, test_size=cfg0.get("test_size"), data_dir=cfg.data_dir)
@@ -158,18 +315,31 @@ def compute_maps(runs: list[dict], cfg: ExplainConfig) -> dict:
     else:
         idx = torch.arange(min(cfg.n, total))
     dev = pick_device(cfg.device)
-    x, y = data.x_test[idx], data.y_test[idx]  # (N, C, H, W), (N,)
-    out = {"kind": "image", "dataset": datasets[0], "classes": list(data.classes), "input": x, "label": y,
+    x, y = data.x_test[idx], data.y_test[idx]  # (N, ...), (N,)
+    out = {"kind": spec.layout, "dataset": datasets[0], "classes": list(data.classes), "input": x, "label": y,
            "index": idx, "columns": [], "maps": [], "pred": []}
+    if data.gt_test is not None:
+        out["gt"] = data.gt_test[idx]
+    if data.valid_test is not None:
+        out["valid"] = data.valid_test[idx]
+    if spec.layout == "tokens":  # the words, and scores of tokens rather than raw attributions
+        vocab = data.extras["vocab"]
+        out["real"] = x != data.extras.get("pad_id", 0)
+        out["tokens"] = [[vocab[t] for t in row[r].tolist()] for row, r in zip(x, out["real"])]
+        out.setdefault("gt", torch.zeros_like(x, dtype=torch.bool))
     for run in runs:
-        model, _ = load_model(run, dev)
+        model, _ = load_model(run, dev, data=data if spec.layout == "tokens" else None, data_dir=cfg.data_dir)
         model.requires_grad_(False)  # gradients are taken with respect to the input only
         xd, yd = x.to(dev), y.to(dev)
         with torch.no_grad():
             pred = model(xd).argmax(1).cpu()
         explained, kw = explain_setup(model, cfg.methods, cfg.output, cfg.baseline, spec.layout)
         for m, fn in fns.items():
-            attr = fn(explained, xd.clone(), yd, **kw).detach().cpu().float()  # (N, C, H, W)
+            with rnn_safe(model, xd):
+                if spec.layout == "tokens":
+                    attr = _token_scores(model, fn, xd, yd, cfg)  # (N, L)
+                else:
+                    attr = fn(explained, xd.clone(), yd, **kw).detach().cpu().float()  # like x
             out["columns"].append({"run": run["id"], "method": m, "trainer": run["config"].get("trainer"),
                                    "mask_frac": run["config"].get("mask_frac"), "title": _column_title(run, m)})
             out["maps"].append(attr)
@@ -177,12 +347,28 @@ def compute_maps(runs: list[dict], cfg: ExplainConfig) -> dict:
     return out
 
 
+def _token_scores(model, fn, ids, y, cfg) -> torch.Tensor:
+    """(N, L) token scores of a token model: |the method's attribution of the embeddings, summed
+    over each embedding| (what the ERASER evaluation ranks by)."""
+    from ..layout import LAYOUTS, Embedded
+    from ..saliency import explain_setup
+
+    explained, kw = explain_setup(Embedded(model), cfg.methods, cfg.output, cfg.baseline or "zero", "tokens")
+    if "scale" in kw:
+        kw["scale"] = float(model.emb.weight[model.first_word_id:].std())
+    if kw.get("baseline") == "authors":
+        kw["baseline"] = "zero"
+    b = LAYOUTS["tokens"].batch(model, ids)
+    attr = fn(explained, b.inp.detach(), y, args=b.args, **kw).detach()
+    return LAYOUTS["tokens"].score(attr, b.inp, "abs").float().cpu()
+
+
 def save_maps(path: Path, maps: dict) -> None:
-    tensors = {"input": maps["input"], "label": maps["label"], "index": maps["index"]}
+    tensors = {k: maps[k] for k in ("input", "label", "index", "gt", "valid", "real") if k in maps}
     for j, (attr, pred) in enumerate(zip(maps["maps"], maps["pred"])):
         tensors[f"map.{j}"] = attr
         tensors[f"pred.{j}"] = pred
-    meta = {k: json.dumps(maps[k]) for k in ("kind", "dataset", "classes", "columns")}
+    meta = {k: json.dumps(maps[k]) for k in ("kind", "dataset", "classes", "columns", "tokens") if k in maps}
     save_tensors(path, tensors, metadata=meta)
 
 
@@ -195,7 +381,7 @@ def read_maps(path: Path) -> dict:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
         t = load_tensors(path)
         cols = meta["columns"]
-        return {**meta, "input": t["input"], "label": t["label"], "index": t["index"],
+        return {**meta, **{k: t[k] for k in ("input", "label", "index", "gt", "valid", "real") if k in t},
                 "maps": [t[f"map.{j}"] for j in range(len(cols))], "pred": [t[f"pred.{j}"] for j in range(len(cols))]}
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
         raise SgtoolError(f"explain maps {path} are corrupt ({type(e).__name__}); skipped") from None
@@ -216,9 +402,13 @@ def explain(runs: list[dict], methods: list[str], n: int = 8, indices: list[int]
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, png)
         save_maps(out.with_suffix(".safetensors"), maps)
+        if maps["kind"] == "tokens":
+            atomic_write_text(out.with_suffix(".html"), render_tokens_html(maps))
     except OSError as e:
         raise SgtoolError(f"cannot write {out}: {e.strerror or e}; pass --out FILE.png") from None
-    return {"png": out, "maps": out.with_suffix(".safetensors"), "size": explain_size(len(maps["input"]), 1 + len(maps["columns"]))}
+    size = tokens_size(maps) if maps["kind"] == "tokens" else SIZES[maps["kind"]](len(maps["input"]), len(maps["columns"]))
+    return {"png": out, "maps": out.with_suffix(".safetensors"), "size": size,
+            "html": out.with_suffix(".html") if maps["kind"] == "tokens" else None}
 
 
 def explain_run(run: dict, cfg: ExplainConfig, force: bool = False) -> dict:
@@ -234,6 +424,8 @@ def explain_run(run: dict, cfg: ExplainConfig, force: bool = False) -> dict:
     folder.mkdir(exist_ok=True)
     atomic_write_bytes(res["png"], render_maps(maps))
     save_maps(res["maps"], maps)
+    if maps["kind"] == "tokens":
+        atomic_write_text(folder / f"{eid}.html", render_tokens_html(maps))
     write_json(meta_path, {"kind": "explain", "run": run["id"], "config": asdict(cfg),
                            "created": datetime.now(timezone.utc).isoformat()})
     return {**res, "cached": False}

@@ -62,7 +62,9 @@ def to_html(rep: Report, tabs: dict[str, pd.DataFrame], figs: dict[str, list]) -
             parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
                          f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    for name in ("training", "mask_eval", "ground_truth", "robustness"):
+    for name in dict.fromkeys([*TITLES, *figs]):  # every table in TITLES' order, with its plots
+        if name == "saliency":
+            continue
         if name in tabs:
             parts.append(f"<h2>{html.escape(TITLES[name])}</h2><p class='note'>{html.escape(NOTES[name])}</p>")
             df, caption = split_constant(formatted(tabs[name]))

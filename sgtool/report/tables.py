@@ -66,10 +66,22 @@ def tables(rep: Report) -> dict[str, pd.DataFrame]:
             wide = wide.merge(_pivot(auc, ["group", "eval", "method"], "metric", "value").drop(columns="n"),
                               on=["group", "eval", "method"], how="left")
         out["mask_eval"] = _with_labels(rep, wide, "mask_eval")
-    gt = rep.mask_summary[rep.mask_summary["metric"].isin(["aup", "aur", "precision_at_gt"])]
+    gt = rep.mask_summary[rep.mask_summary["metric"].isin(GT_METRICS)]
     if not gt.empty:
+        gt = gt.assign(_o=gt["metric"].map(GT_METRICS.index)).sort_values("_o", kind="stable")
         out["ground_truth"] = _with_labels(rep, _pivot(gt, ["group", "eval", "method"], "metric", "value"),
                                            "mask_eval")
+    for metric in ("diff_aup", "diff_aur"):
+        grid = table2(rep, metric)
+        if not grid.empty:
+            out[f"table2_{metric[5:]}"] = grid
+    t1 = table1(rep)
+    if not t1.empty:
+        out["table1"] = t1
+    pl = rep.mask_summary[rep.mask_summary["metric"].isin(PLAUSIBILITY)]
+    if not pl.empty:
+        pl = pl.assign(_o=pl["metric"].map(PLAUSIBILITY.index)).sort_values("_o", kind="stable")
+        out["plausibility"] = _with_labels(rep, _pivot(pl, ["group", "eval", "method"], "metric", "value"), "mask_eval")
     if not rep.attack.empty:
         a = rep.attack
         methods = [m for m in dict.fromkeys(a["method"]) if m not in ("clean", "worst")] + ["worst"]
@@ -79,6 +91,74 @@ def tables(rep: Report) -> dict[str, pd.DataFrame]:
         a = a.sort_values(["_r", "eps"], kind="stable")
         out["robustness"] = _with_labels(rep, _pivot(a, ["group", "eval"], "column", "accuracy"), "attack")
     return {k: v for k, v in out.items() if not v.empty}
+
+
+GT_METRICS = ["aup", "aur", "precision_at_gt", "aupr", "diff_aup", "diff_aur", "time_aup", "time_aur",
+              "feature_aup", "feature_aur"]
+
+
+def _tsb_background(dataset: str) -> str | None:
+    """'tsb-rare-time-pseudo-periodic' -> 'pseudo-periodic'; None for other datasets."""
+    from ..data.series import BACKGROUNDS
+
+    if not str(dataset).startswith("tsb-"):
+        return None
+    return next((b for b in sorted(BACKGROUNDS, key=len, reverse=True) if dataset.endswith("-" + b)), None)
+
+
+def table2(rep: Report, metric: str = "diff_aup") -> pd.DataFrame:
+    """The SGT paper's Table 2 from the TSB runs: Diff(AUP) (or Diff(AUR)) of each method, its
+    AUP minus the AUP of its own map with the feature axis permuted, per background, architecture
+    and method, for standard and SGT training. Each seed's value is averaged over the background's
+    datasets (the box types) first; the cell is then the mean and std over seeds (n: seeds).
+    The paper does not say how it averaged over datasets; this is sgtool's choice."""
+    ms = rep.mask_summary[rep.mask_summary["metric"] == metric]
+    if ms.empty:
+        return pd.DataFrame()
+    g = rep.groups.set_index("group")
+    df = ms.assign(dataset=ms["group"].map(g["dataset"]), model=ms["group"].map(g["model"]),
+                   trainer=ms["group"].map(g["trainer"]), seed=ms["run"].map(dict(zip(rep.runs["run"], rep.runs["seed"]))))
+    df = df.assign(background=df["dataset"].map(_tsb_background)).dropna(subset=["background"])
+    df = df[df["method"] != "random"]
+    if df.empty:
+        return pd.DataFrame()
+    per_seed = df.groupby(["background", "eval", "model", "method", "trainer", "seed"], sort=False)["value"].mean()
+    stats = per_seed.groupby(["background", "eval", "model", "method", "trainer"], sort=False).agg(["mean", "std", "count"])
+    wide = stats.unstack("trainer")
+    out = pd.DataFrame(index=wide.index)
+    for trainer in [t for t in ("standard", "sgt", "asgt") if t in wide["mean"].columns]:
+        out[trainer] = wide["mean"][trainer]
+        out[f"{trainer}_std"] = wide["std"][trainer]
+    out["n"] = wide["count"].max(axis=1).astype(int)
+    out = out.reset_index()
+    if out["eval"].nunique() == 1:
+        out = out.drop(columns="eval")
+    front = [c for c in out.columns if c not in ("n",) and not c.endswith("_std") and c not in ("standard", "sgt", "asgt")]
+    return out[front + ["n"] + [c for c in out.columns if c not in front and c != "n"]]
+
+
+PLAUSIBILITY = ["auprc", "token_f1", "iou_f1", "token_precision", "token_recall"]
+TRAINER_NAMES = {"standard": "trad", "sgt": "SGT", "asgt": "ASGT"}
+
+
+def table1(rep: Report) -> pd.DataFrame:
+    """The SGT paper's Table 1 from the text runs: rows dataset x {comprehensiveness, sufficiency}
+    (AOPC over the fractions), columns method x {traditional, SGT}, mean (± std) over seeds."""
+    ms = rep.mask_summary[rep.mask_summary["metric"].isin(["comprehensiveness", "sufficiency"])]
+    if ms.empty:
+        return pd.DataFrame()
+    g = rep.groups.set_index("group")
+    df = ms.assign(dataset=ms["group"].map(g["dataset"]), trainer=ms["group"].map(g["trainer"]))
+    methods = list(dict.fromkeys(m for m in df["method"] if m != "random")) + \
+        (["random"] if (df["method"] == "random").any() else [])
+    df = df.assign(column=[f"{m} {TRAINER_NAMES.get(t, t)}" for m, t in zip(df["method"], df["trainer"])])
+    order = {f"{m} {TRAINER_NAMES.get(t, t)}": (i, j) for i, m in enumerate(methods)
+             for j, t in enumerate(("standard", "sgt", "asgt"))}
+    df = df.assign(_o=df["column"].map(lambda c: order.get(c, (99, 0)))).sort_values("_o", kind="stable")
+    out = _pivot(df.rename(columns={"metric": "score"}), ["dataset", "eval", "score"], "column", "value")
+    if out["eval"].nunique() == 1:
+        out = out.drop(columns="eval")
+    return out
 
 
 def _cell(v) -> str:
@@ -122,6 +202,10 @@ TITLES = {
     "mask_eval": "Mask-eval: accuracy after removing the most salient features",
     "ground_truth": "Ground truth: saliency against the true salient region",
     "robustness": "Robustness: accuracy under attack",
+    "table2_aup": "Table 2 (time series): Diff(AUP), a method's AUP minus its feature-permuted map's",
+    "table2_aur": "Table 2 (time series): Diff(AUR)",
+    "table1": "Table 1 (text): ERASER comprehensiveness (higher is better) and sufficiency (lower is better)",
+    "plausibility": "Text: plausibility against the human rationales",
 }
 NOTES = {
     "training": "Runs that differ only in seed are grouped: mean ± std over n runs.",
@@ -132,4 +216,15 @@ NOTES = {
                     "ground-truth region; precision_at_gt: precision at the region's size.",
     "robustness": "clean: no attack. method ε: accuracy under that attack; worst: a sample counts as correct "
                   "only if every attack fails on it.",
+    "table2_aup": "As the SGT paper's Table 2, on sgtool's TSB runs: per background, architecture and method, "
+                  "standard and SGT training. Each seed's Diff is averaged over the background's datasets (the box "
+                  "types; the paper does not say how it averaged), then mean ± std over seeds (n). The random "
+                  "reference is the method's own map with its feature axis permuted, one permutation for all "
+                  "samples and steps (the benchmark permuted a randomly chosen method's map).",
+    "table2_aur": "The same for AUR.",
+    "table1": "As the SGT paper's Table 1: AOPC over the top 1, 5, 10, 20 and 50 % of the tokens removed "
+              "(comprehensiveness) or kept alone (sufficiency), of the predicted class's probability; trad: "
+              "standard training. mean ± std over seeds (n: the runs behind each row's cells).",
+    "plausibility": "auprc: area under precision-recall of the token scores against the human rationale; "
+                    "token_f1, iou_f1: of the top tokens at the rationales' share (ERASER's definitions).",
 }

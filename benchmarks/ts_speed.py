@@ -1,0 +1,109 @@
+"""Time-series speed on the CPU: time to accuracy, the SGT / standard step-time ratio, and the
+mask-eval time of the benchmark's six methods plus random.
+
+    python benchmarks/ts_speed.py [--runs-dir RUNS] [--repeats 7] [--steps 3]
+
+1. A TCN trained with sgtool's defaults on tsb-middle-box (20 epochs, batch 50): seconds and test
+   accuracy after each epoch (target: >= 95 % in under 3 minutes on 2 cores).
+2. Seconds per training step, standard and SGT (mask-frac 0.5), for the TCN and the LSTM at
+   batch 50, alternating within each repeat so that the machine's noise hits both alike (target
+   for the TCN: ratio <= 2.7). The ratio is the median SGT step over the median standard step;
+   "paired" the median of per-repeat ratios.
+3. mask-eval of grad, ig, deeplift, gradshap, deepliftshap, smoothgrad and random on the 100 test
+   series of the TCN run (target: under 60 s), per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from sgtool.process import tune_process
+
+tune_process()  # as the `sgtool` command runs: before torch loads
+
+import torch  # noqa: E402
+
+from sgtool import find_run, make_config, runs_root, train_run  # noqa: E402
+from sgtool.config import MaskEvalConfig  # noqa: E402
+from sgtool.data import load  # noqa: E402
+from sgtool.evaluate import mask_eval  # noqa: E402
+from sgtool.store import read_metrics  # noqa: E402
+from sgtool.train import build_model, make_loss, make_optimizer, train_step  # noqa: E402
+
+METHODS = ("grad", "ig", "deeplift", "gradshap", "deepliftshap", "smoothgrad", "random")
+
+
+def step_ratio(model_name: str, repeats: int, steps: int, batch: int = 50) -> None:
+    data = load("tsb-middle-box", train_size=batch * 8)
+    state = {}
+    for trainer in ("standard", "sgt"):
+        cfg = make_config(dataset="tsb-middle-box", model=model_name, trainer=trainer, batch_size=batch)
+        torch.manual_seed(0)
+        model = build_model(cfg, data).train()
+        opt, _ = make_optimizer(cfg, model)
+        state[trainer] = (model, opt, make_loss(cfg, data))
+    xs, ys = data.x_train.split(batch), data.y_train.split(batch)
+    for model, opt, loss_fn in state.values():  # warm-up
+        train_step(model, opt, loss_fn, xs[0], ys[0])
+    times = {t: [] for t in state}
+    for r in range(repeats):
+        for trainer, (model, opt, loss_fn) in state.items():
+            times[trainer].append([])
+            for s in range(steps):
+                i = (r * steps + s) % len(xs)
+                t0 = time.perf_counter()
+                train_step(model, opt, loss_fn, xs[i], ys[i])
+                times[trainer][-1].append(time.perf_counter() - t0)
+    flat = {t: [v for rep in reps for v in rep] for t, reps in times.items()}
+    std, sgt = statistics.median(flat["standard"]), statistics.median(flat["sgt"])
+    paired = statistics.median(statistics.median(a) / statistics.median(b)
+                               for a, b in zip(times["sgt"], times["standard"]))
+    print(f"  {model_name:<6} standard {1e3 * std:7.1f} ms/step   sgt {1e3 * sgt:7.1f} ms/step   "
+          f"ratio {sgt / std:.2f}   paired {paired:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs-dir", default=None, help="where the TCN run goes [a temporary dir]")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=3)
+    args = ap.parse_args()
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.runs_dir or tmp
+        print("\n1. TCN on tsb-middle-box, sgtool's defaults (standard training):")
+        cfg = make_config(dataset="tsb-middle-box", model="tcn", trainer="standard", runs_dir=root)
+        t0 = time.perf_counter()
+        res = train_run(cfg, force=True)
+        wall = time.perf_counter() - t0
+        elapsed = 0.0
+        first = None
+        for row in read_metrics(res["dir"]):
+            elapsed += float(row["seconds"])
+            acc = float(row["test_acc"])
+            if first is None and acc >= 0.95:
+                first = (int(row["epoch"]), elapsed)
+            print(f"  epoch {row['epoch']:>2}: {elapsed:6.1f} s, test accuracy {acc:.3f}")
+        print(f"  total {wall:.1f} s (with data generation and checkpoints); "
+              + (f">= 95 % first after epoch {first[0]}, {first[1]:.1f} s" if first else "never reached 95 %"))
+
+        print(f"\n2. seconds per step at batch 50, {args.repeats} x {args.steps} alternating steps:")
+        for name in ("tcn", "lstm"):
+            step_ratio(name, args.repeats, args.steps)
+
+        print("\n3. mask-eval of the TCN run on the 100 test series (7 methods x 10 fractions, fill background):")
+        run = find_run(runs_root(root), res["id"])
+        t0 = time.perf_counter()
+        ev = mask_eval(run, MaskEvalConfig(methods=METHODS), force=True)
+        total = time.perf_counter() - t0
+        for m, s in ev["seconds"].items():
+            print(f"  {m:<13} {s:6.1f} s")
+        print(f"  total {total:.1f} s (target: under 60 s)")
+
+
+if __name__ == "__main__":
+    main()

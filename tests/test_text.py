@@ -1,0 +1,378 @@
+"""Text: the ERASER loader on files the tests write (Movies-style, FEVER-style with a query, the
+docs.jsonl variant), the vocabulary and padding, the GloVe reader, SGT on tokens, ERASER's metrics
+against hand computations, the results export, the CLI, and the real Movies files."""
+
+import gzip
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from sgtool.cli import app
+from sgtool.config import make_config, mask_eval_config
+from sgtool.data import get_dataset, load
+from sgtool.data.text import make_synthetic_text, read_glove
+from sgtool.errors import SgtoolError, UsageError
+from sgtool.evaluate.eraser import auprc, delete, faithfulness, iou_f1, plausibility, top_tokens
+from sgtool.layout import LAYOUTS
+from sgtool.models import MODEL_LAYOUTS, MODELS, build, register_model
+from sgtool.saliency import SALIENCY
+from sgtool.sgt import SGTLoss
+
+runner = CliRunner()
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_eraser(root: Path, name: str, docs: dict, splits: dict, jsonl_docs=False, tar=False) -> Path:
+    """An ERASER dataset in the benchmark's layout: docs/<docid> (or docs.jsonl) and split files.
+    docs: docid -> list of sentences (strings); splits: split -> list of annotation dicts."""
+    d = root / "eraser" / name
+    (d / "docs").mkdir(parents=True) if not jsonl_docs else d.mkdir(parents=True)
+    for docid, sentences in docs.items():
+        if jsonl_docs:
+            with open(d / "docs.jsonl", "a") as f:
+                f.write(json.dumps({"docid": docid, "document": "\n".join(sentences)}) + "\n")
+        else:
+            (d / "docs" / docid).write_text("\n".join(sentences) + "\n")
+    for split, anns in splits.items():
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    if tar:
+        with tarfile.open(root / "eraser" / f"{name}.tar.gz", "w:gz") as t:
+            t.add(d, arcname=name)
+        import shutil
+
+        shutil.rmtree(d)
+    return root
+
+
+def ev(docid, start, end):
+    return {"docid": docid, "start_token": start, "end_token": end, "start_sentence": -1, "end_sentence": -1,
+            "text": ""}
+
+
+def movies_like(root, tar=False):
+    docs = {"a.txt": ["a Great movie .", "truly great"], "b.txt": ["a dull , dull film"],
+            "c.txt": ["great fun"], "d.txt": ["so dull"]}
+    train = [{"annotation_id": "a.txt", "classification": "POS", "query": "What is the sentiment?",
+              "evidences": [[ev("a.txt", 1, 2)], [ev("a.txt", 5, 6)]], "docids": None},
+             {"annotation_id": "b.txt", "classification": "NEG", "query": "What is the sentiment?",
+              "evidences": [[ev("b.txt", 2, 4)]], "docids": None}]
+    test = [{"annotation_id": "c.txt", "classification": "POS", "query": "", "evidences": [[ev("c.txt", 0, 1)]]},
+            {"annotation_id": "d.txt", "classification": "NEG", "query": "", "evidences": []}]
+    return write_eraser(root, "movies", docs, {"train": train, "val": test, "test": test}, tar=tar)
+
+
+@pytest.mark.parametrize("tar", [False, True])
+def test_movies_style_loader(tmp_path, tar):
+    root = movies_like(tmp_path, tar)
+    d = load("eraser-movies", root)
+    v = d.extras["vocab"]
+    assert v[:3] == ["<pad>", "<unk>", "<sep>"] and v[3:5] == ["a", "dull"]  # by frequency, ties alphabetical
+    assert d.classes == ["NEG", "POS"] and d.y_train.tolist() == [1, 0]
+    # lowercased, tokens of both sentences, padding at the end; Movies' fixed question is not fed
+    words = [v[i] for i in d.x_train[0][d.x_train[0] != 0]]
+    assert words == ["a", "great", "movie", ".", "truly", "great"]
+    assert d.gt_train[0].nonzero().flatten().tolist() == [1, 5]  # evidence groups unioned
+    assert d.valid_train[1].tolist()[:5] == [True] * 5 and not d.valid_train[1, 5:].any()
+    assert d.x_test[0].tolist()[:2] == [v.index("great"), 1]  # "fun" is not in the training vocabulary
+    assert d.extras["ids_test"] == ["c.txt", "d.txt"]
+    assert d.extras["rationale_fraction"] == pytest.approx((2 / 6 + 2 / 5) / 2)
+
+
+def test_pair_task_feeds_query_sep_document_and_marks_the_document(tmp_path):
+    docs = {"Paris": ["paris is the capital of france ."]}
+    ann = [{"annotation_id": "1", "classification": "SUPPORTS", "query": "Paris is in France",
+            "evidences": [[ev("Paris", 4, 6)]], "docids": ["Paris"]},
+           {"annotation_id": "2", "classification": "REFUTES", "query": "Paris is in Spain",
+            "evidences": [[ev("Paris", 0, 1)]], "docids": ["Paris"]}]
+    root = write_eraser(tmp_path, "fever", docs, {"train": ann, "val": ann, "test": ann})
+    d = load("eraser-fever", root)
+    v = d.extras["vocab"]
+    words = [v[i] for i in d.x_train[0][d.x_train[0] != 0]]
+    assert words == ["paris", "is", "in", "france", "<sep>", "paris", "is", "the", "capital", "of", "france", "."]
+    assert d.valid_train[0].tolist()[:12] == [False] * 5 + [True] * 7  # the query and <sep> are not features
+    assert d.gt_train[0].nonzero().flatten().tolist() == [9, 10]  # evidence 4:6 of the document, after the query
+    assert d.extras["segments_test"][0] == [["Paris", 5, 7, 7]]
+
+
+def test_docs_jsonl_with_two_documents_per_annotation(tmp_path):
+    docs = {"x_premise": ["a man sleeps"], "x_hypothesis": ["a man is awake"]}
+    ann = [{"annotation_id": "x", "classification": "contradiction", "query": "",
+            "evidences": [[ev("x_premise", 2, 3), ev("x_hypothesis", 3, 4)]]}]
+    root = write_eraser(tmp_path, "esnli", docs, {"train": ann, "val": ann, "test": ann}, jsonl_docs=True)
+    d = load("eraser-esnli", root)
+    v = d.extras["vocab"]
+    words = [v[i] for i in d.x_train[0][d.x_train[0] != 0]]
+    # documents in sorted docid order, joined by <sep>
+    assert words == ["a", "man", "is", "awake", "<sep>", "a", "man", "sleeps"]
+    assert d.gt_train[0].nonzero().flatten().tolist() == [3, 7]
+    assert d.valid_train[0].tolist()[:8] == [True] * 4 + [False] + [True] * 3
+
+
+def test_max_len_truncates_and_counts_the_lost_rationale(tmp_path):
+    d = load("eraser-movies", movies_like(tmp_path), max_len=4)
+    assert d.x_train.shape[1] == 4 and d.extras["truncated_rationale"][0] == 1  # "great" at 5 was cut
+
+
+def test_loader_errors_are_one_line(tmp_path):
+    root = movies_like(tmp_path)
+    (root / "eraser" / "movies" / "docs" / "b.txt").unlink()
+    with pytest.raises(SgtoolError, match="train.jsonl names document 'b.txt', which is not in"):
+        load("eraser-movies", root)
+    with pytest.raises(UsageError, match="unknown test split 'dev'; choose from: test, val"):
+        load("eraser-movies", root, test_split="dev")
+    with pytest.raises(SgtoolError, match=r"missing file movies.tar.gz in .* pass --data-dir"):
+        load("eraser-movies", tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- GloVe
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".gz"])
+def test_glove_reader(tmp_path, suffix):
+    text = "the 0.1 0.2 0.3\ngreat 1 2 3\n"
+    p = tmp_path / f"g{suffix}"
+    p.write_bytes(gzip.compress(text.encode()) if suffix == ".gz" else text.encode())
+    vectors, dim = read_glove(p)
+    assert dim == 3 and vectors["great"].tolist() == [1, 2, 3]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("the 0.1 0.2 0.3\ngreat 1 2\n")
+    with pytest.raises(SgtoolError, match="bad.txt, line 2: 2 values, the first line has 3"):
+        read_glove(bad)
+
+
+def test_embeddings_initialise_known_words_and_hash_the_file(tmp_path):
+    root = movies_like(tmp_path)
+    g = tmp_path / "glove.txt"
+    g.write_text("great 1 2 3 4\ndull -1 -2 -3 -4\n")
+    d = load("eraser-movies", root, embeddings=str(g))
+    v = d.extras["vocab"]
+    assert d.extras["vectors"].shape == (len(v), 4) and d.extras["vectors"][v.index("great")].tolist() == [1, 2, 3, 4]
+    assert d.extras["coverage"] == pytest.approx(2 / (len(v) - 3))
+    c1 = make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root))
+    g.write_text("great 1 2 3 5\ndull -1 -2 -3 -4\n")
+    c2 = make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root))
+    assert c1.embeddings_sha256 != c2.embeddings_sha256
+    from sgtool.config import config_hash
+
+    assert config_hash(c1) != config_hash(c2)
+
+
+# --------------------------------------------------------------------------- SGT on tokens
+
+
+def test_sgt_masks_document_tokens_only_on_a_pair_task(tmp_path):
+    torch.manual_seed(0)
+    model = build("bilstm", "synthetic-text", vocab_size=40, width=8).train()
+    ids = torch.tensor([[5, 6, 2, 7, 8, 9, 10, 0], [11, 2, 12, 13, 14, 15, 16, 17]])
+    valid = torch.tensor([[False, False, False, True, True, True, True, False],
+                          [False, False, True, True, True, True, True, True]])  # query and <sep> first
+    seen = []
+    real = model.forward_embedded
+    model.forward_embedded = lambda e, m: seen.append(e.detach().clone()) or real(e, m)
+    loss = SGTLoss(mask_frac=0.5, layout="tokens")(model, ids, torch.tensor([0, 1]), valid)
+    loss.backward()
+    clean, masked = model.embed(ids).detach(), seen[-1]
+    changed = (masked != clean).any(-1)  # (B, L)
+    assert not (changed & ~valid).any()  # the query, <sep> and padding never change
+    assert changed.sum(1).tolist() == [2, 3]  # floor(0.5 x 4) and floor(0.5 x 6) document tokens
+
+
+def test_asgt_on_text_is_refused_in_one_line(tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--trainer", "asgt", "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "--trainer asgt is for images and series" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- metrics by hand
+
+
+class Bag(nn.Module):
+    """logits = sum of the real tokens' 2-d embeddings: p(class | x) depends on which tokens
+    remain, not where, so comprehensiveness and sufficiency can be computed by hand."""
+
+    pad_id, unk_id, first_word_id = 0, 1, 3
+
+    def __init__(self, table):
+        super().__init__()
+        self.emb = nn.Embedding(len(table), 2)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.tensor(table))
+        self.vocab_size = len(table)
+
+    def embed(self, ids):
+        return self.emb(ids)
+
+    def forward_embedded(self, e, mask):
+        return (e * mask[..., None]).sum(1)
+
+    def forward(self, ids):
+        return self.forward_embedded(self.embed(ids), ids != 0)
+
+
+TABLE = [[0, 0], [0, 0], [0, 0], [2.0, 0], [0, 1.5], [0.5, 0], [0, 0.2], [1.0, 1.0]]
+
+
+def softmax(z):
+    z = np.asarray(z, dtype=float)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_comprehensiveness_sufficiency_and_deletion_by_hand():
+    model = Bag(TABLE)
+    ids = torch.tensor([[3, 5, 6, 7, 4], [4, 6, 6, 0, 0], [2, 5, 3, 4, 0]])  # doc 3: a "query" token 2 first
+    valid = (ids != 0) & (ids != 2)
+    score = torch.tensor([[5.0, 1, 2, 3, 4], [3, 1, 2, 0, 0], [0, 1, 3, 2, 0]])
+    # top at t = 0.5: ceil(0.5 n): doc 1: 3 of 5 -> tokens 0, 4, 3; doc 2: 2 of 3 -> 0, 2; doc 3: 2 of 3 -> 2, 3
+    top = top_tokens(score, valid, 0.5)
+    assert top.tolist() == [[True, False, False, True, True], [True, False, True, False, False],
+                            [False, False, True, True, False]]
+    assert delete(ids, ~top & (ids != 0)).tolist() == [[5, 6, 0, 0, 0], [6, 0, 0, 0, 0], [2, 5, 0, 0, 0]]
+    comp, suff, _, _ = faithfulness(model, ids, valid, score, [0.5])
+    t = np.asarray(TABLE)
+    for i, (keep_c, keep_s) in enumerate([([5, 6], [3, 7, 4]), ([6], [4, 6]), ([2, 5], [2, 3, 4])]):
+        p = softmax(t[[x for x in ids[i].tolist() if x]].sum(0))
+        y = p.argmax()
+        pc = softmax(t[keep_c].sum(0))
+        ps = softmax(t[keep_s].sum(0))
+        assert comp[i, 0].item() == pytest.approx(p[y] - pc[y], abs=1e-6)
+        assert suff[i, 0].item() == pytest.approx(p[y] - ps[y], abs=1e-6)
+
+
+def test_auprc_iou_and_token_f1_by_hand():
+    # scores 0.9, 0.8, 0.8 (a tie), 0.1; truth 1, 0, 1, 0. Cut points: {0.9}, {0.9, 0.8 x2}, all.
+    # (recall, precision): (0.5, 1), (1, 2/3), (1, 1/2), plus (0, 1): area = 0.5 * 1 + 0.5 * (1 + 2/3) / 2
+    assert auprc(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 0, 1, 0], dtype=bool)) == pytest.approx(0.5 + 5 / 12)
+    # one document: gold spans (0, 2), (5, 8); predicted (0, 3) (IOU 2/3) and (6, 7) (IOU 1/3)
+    assert iou_f1([[(0, 3), (6, 7)]], [[(0, 2), (5, 8)]]) == pytest.approx(0.5)  # p = 1/2, r = 1/2
+    res = plausibility([np.array([0.9, 0.1, 0.8, 0.2])], [np.array([True, False, False, True])], 0.5)
+    # the top ceil(0.5 x 4) = 2 tokens: 0 and 2; one is in the truth
+    assert res["token_precision"] == 0.5 and res["token_recall"] == 0.5 and res["token_f1"] == 0.5
+    assert res["hard"] == [[(0, 1), (2, 3)]]
+
+
+@pytest.fixture
+def bag_run(tmp_path, monkeypatch):
+    """A trained-in-name-only run of the Bag model on a three-document ERASER set (lr 1e-30: the
+    weights stay TABLE's) and a probe saliency method whose token scores are known."""
+    docs = {"a": ["x y z w"], "b": ["w z"], "c": ["y y x"]}
+    words = {"x": 3, "y": 4, "z": 5, "w": 6}
+    ann = lambda i, c, e: {"annotation_id": i, "classification": c, "query": "", "evidences": [[ev(i, *e)]]}  # noqa
+    train = [ann("a", "P", (0, 1)), ann("b", "N", (0, 2)), ann("c", "P", (1, 2))]
+    root = write_eraser(tmp_path, "bagset", docs, {"train": train, "val": train, "test": train})
+    register_model("bag", lambda shape, k, vocab_size=None, **kw: Bag(TABLE[:vocab_size]), "tokens")
+    monkeypatch.setitem(SALIENCY, "probe", lambda model, x, target, **kw: _probe_scores(x))
+    yield root, words
+    del MODELS["bag"], MODEL_LAYOUTS["bag"]
+
+
+def _probe_scores(e):
+    """Attributions (B, L, 2) whose sum over the embedding is the token's position + 1: later
+    tokens rank higher."""
+    attr = torch.zeros_like(e)
+    attr[..., 0] = torch.arange(1, e.shape[1] + 1, dtype=e.dtype)
+    return attr
+
+
+def test_eraser_eval_end_to_end_and_export_by_hand(bag_run, tmp_path):
+    root, _ = bag_run
+    runs = tmp_path / "runs"
+    r = runner.invoke(app, ["train", "--dataset", "eraser:bagset", "--model", "bag", "--trainer", "standard",
+                            "--optimizer", "sgd", "--lr", "1e-30", "--epochs", "1", "--data-dir", str(root),
+                            "--runs-dir", str(runs)])
+    assert r.exit_code == 0, r.output
+    (rid,) = [p.name for p in runs.iterdir()]
+    from sgtool.evaluate import mask_eval
+    from sgtool.store import find_run
+
+    cfg = mask_eval_config(methods="probe", fractions="0.5", data_dir=str(root))
+    res = mask_eval(find_run(runs, rid), cfg)
+    d = load("eraser:bagset", root)
+    vocab = d.extras["vocab"]
+    assert vocab[3:] == ["y", "w", "x", "z"]  # by frequency, ties alphabetical
+    t = np.asarray(TABLE[: len(vocab)])  # the model's embedding row of each token id
+    comps, suffs = [], []
+    for doc in (["x", "y", "z", "w"], ["w", "z"], ["y", "y", "x"]):
+        idx = [vocab.index(w) for w in doc]
+        p = softmax(t[idx].sum(0))
+        y = p.argmax()
+        k = math.ceil(0.5 * len(doc))
+        top = idx[-k:]  # the probe ranks later tokens higher
+        comps.append(p[y] - softmax(t[idx[:-k]].sum(0))[y])
+        suffs.append(p[y] - softmax(t[top].sum(0))[y])
+    row = res["summary"][0]
+    assert row["comprehensiveness"] == pytest.approx(np.mean(comps), abs=1e-5)
+    assert row["sufficiency"] == pytest.approx(np.mean(suffs), abs=1e-5)
+    lines = [json.loads(x) for x in (res["path"].with_name(f"{res['id']}.probe.eraser.jsonl")).read_text().splitlines()]
+    assert [x["annotation_id"] for x in lines] == ["a", "b", "c"]
+    first = lines[0]
+    assert set(first) >= {"annotation_id", "rationales", "classification", "classification_scores",
+                          "comprehensiveness_classification_scores", "sufficiency_classification_scores",
+                          "thresholded_scores"}
+    assert first["rationales"][0]["docid"] == "a" and len(first["rationales"][0]["soft_rationale_predictions"]) == 4
+    assert first["rationales"][0]["soft_rationale_predictions"] == [1.0, 2.0, 3.0, 4.0]
+    assert [x["threshold"] for x in first["thresholded_scores"]] == [0.5]
+    assert sum(first["classification_scores"].values()) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- the synthetic set and the CLI
+
+
+def test_synthetic_text_plants_its_class_words():
+    ids, y, gt = make_synthetic_text(100, seed=0)
+    assert (gt.sum(1) == 4).all() and ((ids != 0).sum(1) >= 20).all()
+    cue_neg, cue_pos = 3 + 300, 3 + 300 + 8
+    planted = ids[gt]
+    cls = y.repeat_interleave(4)
+    assert ((planted >= cue_neg + 8 * cls) & (planted < cue_neg + 8 * (cls + 1))).all()
+    assert get_dataset("synthetic-text").layout == "tokens" and cue_pos == 311
+
+
+def test_cli_text_train_mask_eval_explain_report(tmp_path):
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    for trainer in ("standard", "sgt"):
+        r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--trainer", trainer, "--train-size", "200",
+                                "--test-size", "40", "--epochs", "1", "--width", "8", *runs])
+        assert r.exit_code == 0, r.output
+    ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    r = runner.invoke(app, ["mask-eval", *ids, "--method", "grad,random", "--random-seeds", "2", *runs])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "comprehensiveness" in out and "AUPRC" in out and "IOU F1" in out
+    r = runner.invoke(app, ["explain", *ids, "--method", "grad", "--n", "2", "--out", str(tmp_path / "t.png"), *runs])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "t.html").read_text()
+    assert html.startswith("<!doctype html>") and "text-decoration:underline" in html
+    r = runner.invoke(app, ["report", *runs])
+    assert r.exit_code == 0 and "Table 1 (text)" in r.output and "plausibility" in r.output
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dataset", "synthetic-text", "--model", "mnist-cnn"], "model 'mnist-cnn' takes image data"),
+    (["--dataset", "mnist", "--embeddings", "x.txt"], "--embeddings, --max-len, --freeze-embeddings and --pooling are for text"),
+    (["--dataset", "synthetic-text", "--mask-frac", "0.01"], "masks 0 features of the shortest sample"),
+    (["--dataset", "synthetic-text", "--test-split", "dev"], "unknown test split 'dev'"),
+])
+def test_cli_text_bad_input(tmp_path, args, fragment):
+    r = runner.invoke(app, ["train", *args, "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code != 0 and fragment in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_real_movies(tmp_path):
+    if not (SHARED / "eraser" / "movies.tar.gz").is_file():
+        pytest.skip(f"the ERASER Movies archive is not at {SHARED / 'eraser'}")
+    d = load("eraser-movies", SHARED)
+    assert len(d.x_train) == 1600 and len(d.x_test) == 199 and d.x_train.shape[1] == 2809
+    assert d.extras["rationale_fraction"] == pytest.approx(0.0935, abs=5e-4)
+    assert LAYOUTS["tokens"].n_features((d.x_train.shape[1],)) == 2809
