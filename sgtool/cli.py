@@ -32,8 +32,30 @@ except ImportError:  # pragma: no cover
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Saliency guided training (SGT, ASGT) and the evaluations that measure it.")
-console = Console()
-err_console = Console(stderr=True)
+def _live_width(c: Console) -> Console:
+    """rich fixes a console's width from COLUMNS when it is made; forgetting it makes every print
+    measure the terminal (or COLUMNS) afresh, so a resized terminal, a pipe or a test's COLUMNS
+    all get tables of their own width."""
+    c._width = None
+    return c
+
+
+console = _live_width(Console())
+err_console = _live_width(Console(stderr=True))
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"sgtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print sgtool's version and exit")] = False):
+    """Saliency guided training (SGT, ASGT) and the evaluations that measure it."""
 
 
 def handle_errors(fn):
@@ -96,6 +118,9 @@ MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate do
 FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: tune them)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
+Recipe = Annotated[str | None, typer.Option("--recipe", help="authors: the SGT authors' MNIST training (batch 512, Adadelta 1.0 without a schedule, 100 epochs, the best test epoch kept)")]
+Augment = Annotated[str | None, typer.Option("--augment", help="images: crop-flip | none (default: crop-flip for cifar10, else none)")]
+DataVersion = Annotated[int | None, typer.Option("--data-version", help="synthetic: 2 (the default) or 1 (sgtool 0.1's task)")]
 Heads = Annotated[int | None, typer.Option("--heads", help="transformer: attention heads, a divisor of the feature count (default: 5)")]
 TrainSize = Annotated[int | None, typer.Option("--train-size", help="use the first N training samples")]
 TestSize = Annotated[int | None, typer.Option("--test-size", help="use the first N test samples")]
@@ -145,7 +170,8 @@ SELECT = {
     "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
     "width": (Width, "width"), "heads": (Heads, "heads"), "embeddings": (Embeddings, "embeddings"),
     "max_len": (MaxLen, "max_len"), "freeze_embeddings": (FreezeEmb, "freeze_embeddings"),
-    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"),
+    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "recipe": (Recipe, "recipe"),
+    "augment": (Augment, "augment"), "data_version": (DataVersion, "data_version"),
     "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
 }
 
@@ -182,6 +208,7 @@ def train(
     batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
     width: Width = None, heads: Heads = None, embeddings: Embeddings = None, max_len: MaxLen = None,
     freeze_embeddings: FreezeEmb = None, pooling: Pooling = None, test_split: TestSplit = None,
+    recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
     train_size: TrainSize = None, test_size: TestSize = None, data_dir: DataDir = None,
     runs_dir: RunsDir = None, device: Device = None, config: ConfigFile = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even if the run exists")] = False,
@@ -216,9 +243,7 @@ def runs(runs_dir: RunsDir = None):
     from .store import list_runs, read_metrics, runs_root
 
     root = runs_root(runs_dir)
-    found, warnings = list_runs(root)
-    for w in warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    found, _ = list_runs(root, include_corrupt=True)  # a corrupt run is a row, not only a warning
     if not found:
         console.print(f"no runs in {root}")
         return
@@ -226,12 +251,20 @@ def runs(runs_dir: RunsDir = None):
               numbers=("id", "mask\nfrac", "epochs", "test\nacc"))
     for r in found:
         c = r["config"]
+        if r["status"] == "corrupt":
+            t.add_row(r["id"], "-", "-", "-", "-", "-", "-", "corrupt")
+            continue
         rows = read_metrics(r["dir"])
-        acc = f"{float(rows[-1]['test_acc']):.3f}" if rows else "-"
+        acc = r.get("test_acc", rows[-1]["test_acc"] if rows else None)
         mf = str(c.get("mask_frac")) if c.get("trainer") != "standard" else "-"
-        t.add_row(r["id"], c.get("dataset"), c.get("model"), c.get("trainer"), mf,
-                  f"{len(rows)}/{c.get('epochs')}", acc, r.get("status", "?"))
+        t.add_row(r["id"], str(c.get("dataset")), str(c.get("model")), str(c.get("trainer")), mf,
+                  f"{len(rows)}/{c.get('epochs')}", "-" if acc is None else f"{float(acc):.3f}",
+                  r.get("status", "?"))
     console.print(t)
+    bad = [r for r in found if r["status"] == "corrupt"]
+    if bad:
+        console.print(f"{len(bad)} corrupt: {bad[0]['error']}" + (" (and more)" if len(bad) > 1 else ""),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -471,12 +504,14 @@ def explain(
 # --- report and sweep commands (issue 5) ---
 
 
-def print_frame(df, title: str | None = None, caption: str | None = None) -> None:
+def print_frame(df, title: str | None = None, caption: str | None = None, labels=None) -> None:
     """A DataFrame of display strings as rich tables that fit the terminal: the label columns
-    (those up to `n`) start every table, and the value columns are split over as many tables as
-    the width needs, so that no number is cut."""
-    cols = [str(c) for c in df.columns]
-    labels = cols[: cols.index("n") + 1] if "n" in cols else cols[:1]
+    (those up to `n`, or `labels`) start every table, and the value columns are split over as
+    many tables as the width needs, so that no number is cut."""
+    df = df.rename(columns=str)
+    cols = list(df.columns)
+    if labels is None:
+        labels = cols[: cols.index("n") + 1] if "n" in cols else cols[:1]
     values = [c for c in cols if c not in labels]
 
     def width(c):  # a column's printed width: its widest cell or header word, plus borders
@@ -542,12 +577,12 @@ def print_rows(rows: list[dict], title: str) -> None:
     show = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     const = [k for k in rows[0] if len(rows) > 1 and len({show(r[k]) for r in rows}) == 1]
     keys = [k for k in rows[0] if k not in const]
-    t = Table(*[k.replace("_", "-") for k in keys], title=title, title_justify="left", title_style="bold",
-              caption=" · ".join(f"{k.replace('_', '-')} {show(rows[0][k])}" for k in const) or None,
-              caption_justify="left")
-    for r in rows:
-        t.add_row(*[show(r[k]) for k in keys])
-    console.print(t)
+    import pandas as pd
+
+    df = pd.DataFrame([{k.replace("_", "-"): show(r[k]) for k in keys} for r in rows])
+    caption = " · ".join(f"{k.replace('_', '-')} {show(rows[0][k])}" for k in const) or None
+    labels = [c for c in ("experiment", "run") if c in df.columns] or list(df.columns[:1])
+    print_frame(df, title, caption, labels=labels)
 
 
 @app.command()

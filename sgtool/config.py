@@ -25,6 +25,11 @@ import yaml
 from .errors import UsageError, unknown_name
 
 TRAINERS = ("standard", "sgt", "asgt")
+AUGMENTS = ("none", "crop-flip")
+# A recipe fills the training settings it names (flags still win) and may change the loop:
+# "authors" is the SGT authors' MNIST training (train_MNIST.py): batch 512, Adadelta at lr 1.0
+# without a schedule, 100 epochs, and the weights of the epoch with the best test accuracy kept.
+RECIPES = {"authors": dict(batch_size=512, optimizer="adadelta", lr=1.0, epochs=100)}
 OPTIMIZERS = ("adadelta", "sgd", "adam")
 SALIENCY_PASSES = ("eval", "shared")
 ADV_ATTACKS = ("pgd", "fgsm")
@@ -68,6 +73,9 @@ class TrainConfig:
     freeze_embeddings: bool = False
     pooling: str | None = None  # bilstm: attention | max (None: attention)
     test_split: str = "test"  # ERASER: the split a text run is tested and evaluated on (test | val)
+    # recipes
+    recipe: str | None = None  # "authors": the SGT authors' MNIST recipe (see RECIPES)
+    augment: str | None = None  # images: "crop-flip" (random crop, padding 4, and flip) | "none"
     # not part of the hash: they do not change results
     data_dir: str | None = None
     runs_dir: str | None = None
@@ -164,6 +172,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     spec = get_dataset(cfg.dataset, cfg.data_dir)
     d = dataclasses.asdict(cfg)
+    if cfg.recipe is not None:
+        if cfg.recipe not in RECIPES:
+            raise unknown_name("recipe", cfg.recipe, RECIPES)
+        for k, v in RECIPES[cfg.recipe].items():
+            if d.get(k) is None:
+                d[k] = v
     for k, v in spec.defaults.items():
         if d.get(k) is None:
             d[k] = v
@@ -226,6 +240,11 @@ def validate(cfg: TrainConfig) -> None:
     if (cfg.embeddings or cfg.max_len is not None or cfg.freeze_embeddings or cfg.pooling) and spec.layout != "tokens":
         raise UsageError(f"--embeddings, --max-len, --freeze-embeddings and --pooling are for text; "
                          f"{cfg.dataset} is {spec.layout} data")
+    if cfg.augment is not None:
+        if cfg.augment not in AUGMENTS:
+            raise unknown_name("augmentation", cfg.augment, AUGMENTS)
+        if cfg.augment != "none" and spec.layout != "image":
+            raise UsageError(f"--augment {cfg.augment} is for images; {cfg.dataset} is {spec.layout} data")
     if cfg.pooling is not None and cfg.pooling not in ("attention", "max"):
         raise unknown_name("pooling", cfg.pooling, ("attention", "max"))
     if cfg.test_split not in ("test", "val"):

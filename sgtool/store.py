@@ -34,6 +34,7 @@ from .errors import SgtoolError
 
 CONFIG, RUN, METRICS, MODEL = "config.yaml", "run.json", "metrics.csv", "model.safetensors"
 CKPT, CKPT_META, LOCK = "checkpoint.safetensors", "checkpoint.json", "lock"
+BEST = "best.safetensors"  # --recipe authors: the weights of the best test accuracy so far
 
 
 def runs_root(path: str | Path | None = None) -> Path:
@@ -187,8 +188,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return read_csv(p) if p.is_file() else []
 
 
-def list_runs(root: Path) -> tuple[list[dict], list[str]]:
-    """Every run under root, and one warning per directory that could not be read."""
+def list_runs(root: Path, include_corrupt: bool = False) -> tuple[list[dict], list[str]]:
+    """Every run under root, and one warning per directory that could not be read. With
+    include_corrupt such a directory is also a run of status "corrupt" (and empty config)."""
     runs, warnings = [], []
     if not root.is_dir():
         return runs, warnings
@@ -197,6 +199,8 @@ def list_runs(root: Path) -> tuple[list[dict], list[str]]:
             runs.append(read_run(d))
         except SgtoolError as e:
             warnings.append(str(e))
+            if include_corrupt:
+                runs.append({"id": d.name, "dir": d, "status": "corrupt", "config": {}, "error": str(e)})
     return runs, warnings
 
 

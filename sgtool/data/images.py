@@ -62,11 +62,57 @@ def make_synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return x, y, gt
 
 
-def load_synthetic(data_dir: Path, train_size: int | None, test_size: int | None) -> Data:
+# Version 2 (the default since sgtool 0.2): the same task made harder, so that neither standard
+# nor SGT training solves it within the demo's budget and the saliency has something to show.
+# Designed before any run, and not tuned afterwards:
+# - lower contrast and noise on the class pattern: "on" pixels 0.85, "off" 0.15, plus N(0, 0.15);
+# - two distractors: the patterns of two other classes, at random places, at half the contrast
+#   ("on" 0.6, "off" 0.25, plus the same noise); the class pattern is drawn last, on top.
+# The ground truth stays the class pattern's 5x5 square.
+V2_ON, V2_OFF, V2_NOISE = 0.85, 0.15, 0.15
+V2_DISTRACT_ON, V2_DISTRACT_OFF, V2_DISTRACTORS = 0.6, 0.25, 2
+
+
+def make_synthetic_v2(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Version 2 of the synthetic task (see above): x (n, 1, 28, 28), y (n,), gt (n, 1, 28, 28)."""
+    g = torch.Generator().manual_seed(seed)
+    pats = _synthetic_patterns(torch.Generator().manual_seed(12345))  # (10, 5, 5), as version 1
+    y = torch.randint(0, SYNTH_CLASSES, (n,), generator=g)
+    x = torch.rand(n, 1, SYNTH_H, SYNTH_H, generator=g) * 0.5
+    ar = torch.arange(SYNTH_P)
+    idx = torch.arange(n)[:, None, None].expand(n, SYNTH_P, SYNTH_P)
+    gt = torch.zeros(n, 1, SYNTH_H, SYNTH_H, dtype=torch.bool)
+    # distractors first (other classes: y + 1..9, mod 10), then the class pattern on top
+    other = (y[:, None] + torch.randint(1, SYNTH_CLASSES, (n, V2_DISTRACTORS), generator=g)) % SYNTH_CLASSES
+    layers = [(other[:, j], V2_DISTRACT_ON, V2_DISTRACT_OFF, False) for j in range(V2_DISTRACTORS)]
+    for cls, on, off, is_gt in [*layers, (y, V2_ON, V2_OFF, True)]:
+        r = torch.randint(0, SYNTH_H - SYNTH_P + 1, (n,), generator=g)
+        c = torch.randint(0, SYNTH_H - SYNTH_P + 1, (n,), generator=g)
+        rows = (r[:, None, None] + ar[None, :, None]).expand(n, SYNTH_P, SYNTH_P)
+        cols = (c[:, None, None] + ar[None, None, :]).expand(n, SYNTH_P, SYNTH_P)
+        noise = torch.randn(n, SYNTH_P, SYNTH_P, generator=g) * V2_NOISE
+        x[idx, 0, rows, cols] = (off + (on - off) * pats[cls] + noise).clamp(0, 1)
+        if is_gt:
+            gt[idx, 0, rows, cols] = True
+    return x, y, gt
+
+
+SYNTHETIC_VERSIONS = {1: make_synthetic, 2: make_synthetic_v2}
+
+
+def load_synthetic(data_dir: Path, train_size: int | None, test_size: int | None, data_version=None) -> Data:
+    """The built-in task. data_version 1 (or none: a run stored by sgtool 0.1) is the original,
+    2 the harder default of sgtool 0.2."""
+    version = data_version or 1
+    if version not in SYNTHETIC_VERSIONS:
+        from ..errors import unknown_name
+
+        raise unknown_name("synthetic data version", str(version), [str(v) for v in SYNTHETIC_VERSIONS])
+    make = SYNTHETIC_VERSIONS[version]
     ntr, nte = train_size or SYNTH_TRAIN, test_size or SYNTH_TEST
     # Fixed data seeds: runs with different training seeds see the same data.
-    xtr, ytr, gtr = make_synthetic(ntr, seed=1)
-    xte, yte, gte = make_synthetic(nte, seed=2)
+    xtr, ytr, gtr = make(ntr, seed=1)
+    xte, yte, gte = make(nte, seed=2)
     return Data(xtr, ytr, xte, yte, [f"pattern{i}" for i in range(10)], gtr, gte)
 
 
