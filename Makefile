@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned through the constraints file: the local CPU build, not gigabytes of CUDA.
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cluster]'
 	# torchattacks is only a cross-check in the tests; its own deps would pull torchvision.
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)

@@ -18,7 +18,10 @@ into --runs-dir (or taken from there when they exist) and evaluated on the first
 Evaluations are cached in the runs (mask_eval/), as `sgtool mask-eval` caches them.
 
     python benchmarks/mask_eval_quality.py --mnist-runs-dir /work/bench-runs --data-dir ../shared/data \\
-        --runs-dir /tmp/quality-runs --limit 1000
+        --runs-dir /tmp/quality-runs --limit 1000 [--legacy]
+
+--legacy also evaluates the MNIST runs with sgtool 0.1's settings (logits, black baselines, ties
+by index) and prints old and new AUCs side by side.
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ def mnist_part(args, cfg) -> None:
         print(f"    {m:<13} 1. SGT loses more than standard: auc {a_sgt:.4f} vs {a_std:.4f} -> {verdict(a_sgt < a_std)};"
               f"  2. both lose more than random: auc_vs_random standard {v_std:+.4f}, SGT {v_sgt:+.4f}"
               f" -> {verdict(v_std < 0 and v_sgt < 0)}")
+    if args.legacy:
+        import dataclasses
+
+        old = dataclasses.replace(cfg, output="logit", baseline="zero", ties="index")
+        print("\n  sgtool 0.1's settings (--output logit --baseline zero --ties index) against the defaults")
+        prev = {"standard": mask_eval(std, old, on_progress=progress("standard 0.1", len(old.methods))),
+                "SGT": mask_eval(sgt, old, on_progress=progress("SGT 0.1", len(old.methods)))}
+        o = {label: {row["method"]: row for row in r["summary"]} for label, r in prev.items()}
+        print(f"    {'method':<13}{'std 0.1':>10}{'std now':>10}{'SGT 0.1':>10}{'SGT now':>10}"
+              "   SGT < standard: 0.1 / now")
+        for m in cfg.methods:
+            a, b, c, d = o["standard"][m]["auc"], s["standard"][m]["auc"], o["SGT"][m]["auc"], s["SGT"][m]["auc"]
+            print(f"    {m:<13}{a:10.4f}{b:10.4f}{c:10.4f}{d:10.4f}   "
+                  + ("n/a" if m == "random" else f"{'yes' if c < a else 'no'} / {'yes' if d < b else 'no'}"))
 
 
 def synthetic_part(args, cfg) -> None:
@@ -125,6 +142,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="synthetic training epochs [dataset default]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-mnist", action="store_true")
+    ap.add_argument("--legacy", action="store_true",
+                    help="also evaluate MNIST with sgtool 0.1's settings and print the AUCs side by side")
     args = ap.parse_args()
 
     from sgtool.config import MaskEvalConfig, resolve_mask_eval

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import signal
 import sys
 from pathlib import Path
@@ -115,9 +116,10 @@ Seed = Annotated[int | None, typer.Option("--seed", help="(default: 0)")]
 Width = Annotated[int | None, typer.Option("--width", help="series and text models: hidden width (default: per model)")]
 Embeddings = Annotated[str | None, typer.Option("--embeddings", help="text: GloVe vectors (.txt, .gz, .zip), a path or one under --data-dir")]
 MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate documents to N tokens (default: keep all)")]
-FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: tune them)")]
+FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: fixed for ERASER with --embeddings, else tuned)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
+Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) (default: val for ERASER, else last)")]
 Recipe = Annotated[str | None, typer.Option("--recipe", help="authors: the SGT authors' MNIST training (batch 512, Adadelta 1.0 without a schedule, 100 epochs, the best test epoch kept)")]
 Augment = Annotated[str | None, typer.Option("--augment", help="images: crop-flip | none (default: crop-flip for cifar10, else none)")]
 DataVersion = Annotated[int | None, typer.Option("--data-version", help="synthetic: 2 (the default) or 1 (sgtool 0.1's task)")]
@@ -170,7 +172,7 @@ SELECT = {
     "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
     "width": (Width, "width"), "heads": (Heads, "heads"), "embeddings": (Embeddings, "embeddings"),
     "max_len": (MaxLen, "max_len"), "freeze_embeddings": (FreezeEmb, "freeze_embeddings"),
-    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "recipe": (Recipe, "recipe"),
+    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "select": (Select, "select"), "recipe": (Recipe, "recipe"),
     "augment": (Augment, "augment"), "data_version": (DataVersion, "data_version"),
     "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
 }
@@ -208,18 +210,29 @@ def train(
     batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
     width: Width = None, heads: Heads = None, embeddings: Embeddings = None, max_len: MaxLen = None,
     freeze_embeddings: FreezeEmb = None, pooling: Pooling = None, test_split: TestSplit = None,
-    recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
+    select: Select = None, recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
     train_size: TrainSize = None, test_size: TestSize = None, data_dir: DataDir = None,
     runs_dir: RunsDir = None, device: Device = None, config: ConfigFile = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 | bf16 | fp16: autocast for the forward passes (fp16 with a GradScaler) (default: fp32)")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (pays on GPUs for long runs)")] = None,
+    sync_bn: Annotated[bool | None, typer.Option("--sync-bn/--no-sync-bn", help="with several GPUs: synchronise BatchNorm statistics (default: per process)")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="train with N processes through torchrun: one per GPU, or CPU processes (gloo)")] = 1,
     force: Annotated[bool, typer.Option("--force", help="retrain even if the run exists")] = False,
 ):
     """Train a model (standard, SGT or ASGT) and store it under runs/<hash>/."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "force")}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "force", "nproc")}
     from .config import config_hash, make_config
     from .train import train_run
 
+    if nproc > 1:
+        raise typer.Exit(launch_torchrun(nproc, config, train_flags(**flags), force))
+    if nproc < 1:
+        raise SgtoolError(f"--nproc must be at least 1, got {nproc}")
     cfg = make_config(config, **train_flags(**flags))
     rid = config_hash(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 speaks for all
+        train_run(cfg, force=force)
+        return
     console.print(f"run [bold]{rid}[/bold]: {cfg.dataset} / {cfg.model} / {cfg.trainer}"
                   + (f" mask-frac {cfg.mask_frac}" if cfg.trainer != "standard" else ""), highlight=False)
     with progress_bar() as bar:
@@ -234,6 +247,29 @@ def train(
         console.print(f"already trained: {res['id']}")
         return
     console.print(f"trained {res['id']}: test accuracy [bold]{res['test_acc']:.4f}[/bold] ({res['dir']})")
+
+
+def launch_torchrun(nproc: int, config, flags: dict, force: bool) -> int:
+    """`sgtool train --nproc N`: the same command under torchrun, which starts and watches the N
+    processes. The settings travel as a YAML file (defaults < --config < flags, as ever)."""
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    from .config import load_yaml, make_config, normalise_keys
+
+    values = load_yaml(config) if config else {}
+    values.update(normalise_keys(flags, "flags"))
+    make_config(None, **values)  # a mistake is one line here, before any process starts
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(values, f)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "sgtool", "train", "--config", f.name, *(["--force"] if force else [])]
+    try:
+        return subprocess.call(cmd)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
 
 
 @app.command()
@@ -257,14 +293,42 @@ def runs(runs_dir: RunsDir = None):
         rows = read_metrics(r["dir"])
         acc = r.get("test_acc", rows[-1]["test_acc"] if rows else None)
         mf = str(c.get("mask_frac")) if c.get("trainer") != "standard" else "-"
+        status = r.get("status", "?")
+        if status == "running":  # who trains it, as the lock's owner recorded itself
+            from .locks import describe
+            from .store import lock_owner
+
+            status = f"running ({describe(lock_owner(r['dir']))})"
         t.add_row(r["id"], str(c.get("dataset")), str(c.get("model")), str(c.get("trainer")), mf,
-                  f"{len(rows)}/{c.get('epochs')}", "-" if acc is None else f"{float(acc):.3f}",
-                  r.get("status", "?"))
+                  f"{len(rows)}/{c.get('epochs')}", "-" if acc is None else f"{float(acc):.3f}", status)
     console.print(t)
     bad = [r for r in found if r["status"] == "corrupt"]
     if bad:
         console.print(f"{len(bad)} corrupt: {bad[0]['error']}" + (" (and more)" if len(bad) > 1 else ""),
                       highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def unlock(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="the run id (a unique prefix)")],
+    runs_dir: RunsDir = None,
+):
+    """Break a run's lock file left by a crashed process on a filesystem without flock."""
+    from .locks import describe, owner
+    from .locks import unlock as break_lock
+    from .store import LOCK, find_run, lock_held, runs_root
+
+    run = find_run(runs_root(runs_dir), run_id, require_completed=False)
+    path = run["dir"] / LOCK
+    info = owner(path)
+    if break_lock(path):
+        console.print(f"broke the lock of run {run['id']} (held by {describe(info)})", highlight=False)
+    elif lock_held(run["dir"]):
+        raise SgtoolError(f"run {run['id']} is being trained by {describe(info)} right now; its lock goes "
+                          f"when that process ends")
+    else:
+        console.print(f"run {run['id']} is not locked", highlight=False)
 
 
 @app.command()
@@ -591,14 +655,23 @@ def sweep(
     path: Annotated[str, typer.Argument(metavar="EXPERIMENTS.yaml", help="the experiments file")],
     only: Annotated[str | None, typer.Option("--only", help="run only these experiments, comma-separated")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and what is cached; run nothing")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="inline (this process) | local (submitit jobs on this machine) | slurm (a SLURM job array); local and slurm need sgtool[cluster]")] = "inline",
+    jobs: Annotated[int | None, typer.Option("--jobs", help="local / slurm: at most N jobs at a time \\[local: 1; slurm: all]")] = None,
+    gpus_per_job: Annotated[int, typer.Option("--gpus-per-job", help="local / slurm: GPUs per job")] = 0,
+    slurm_partition: Annotated[str | None, typer.Option("--slurm-partition", help="slurm: the partition")] = None,
+    slurm_time: Annotated[int | None, typer.Option("--slurm-time", help="local / slurm: minutes per job before it is stopped (and, on SLURM, requeued to resume) \\[1440]")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="i/N: take every N-th cell from the i-th (N plain processes split one sweep)")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="at the end, wait for cells other processes are running \\[wait]")] = True,
     runs_dir: RunsDir = None, data_dir: DataDir = None, device: Device = None,
 ):
-    """Run experiments: every cell of each grid through train -> mask-eval -> attack -> explain, cached and resumable."""
+    """Run experiments: every cell of each grid through train -> mask-eval -> attack -> explain, cached and resumable; many sweeps may share one runs dir."""
     from .store import runs_root
-    from .sweep import plan, run_sweep
+    from .sweep import parse_shard, plan, run_sweep
 
     kw = dict(only=only, runs_dir=runs_dir, data_dir=data_dir, device=device)
     plan(path, **kw)  # a mistake in the file is reported before the progress display starts
+    parse_shard(shard)
+    kw.update(shard=shard)
     if dry_run:
         rows = run_sweep(path, dry_run=True, **kw)
         print_rows(rows, f"{len(rows)} cells (dry run: nothing was run)")
@@ -616,8 +689,11 @@ def sweep(
                 bar.reset(stage, total=None, description=f"  {e['stage'].replace('_', '-')}", info="", visible=True)
             elif event == "inner":
                 bar.update(stage, completed=e["completed"], total=e["total"], info=e["info"])
+            elif event == "wait":
+                bar.update(overall, info=f"waiting for {e['cells']} cell(s) other processes run")
 
-        rows = run_sweep(path, on_progress=show, **kw)
+        rows = run_sweep(path, on_progress=show, executor=executor, jobs=jobs, gpus_per_job=gpus_per_job,
+                         slurm_partition=slurm_partition, slurm_time=slurm_time, wait=wait, **kw)
         bar.update(overall, completed=bar.tasks[overall].total, info="done")
         bar.update(stage, visible=False)
     print_rows(rows, f"sweep: {len(rows)} cells")

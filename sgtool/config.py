@@ -26,11 +26,13 @@ from .errors import UsageError, unknown_name
 
 TRAINERS = ("standard", "sgt", "asgt")
 AUGMENTS = ("none", "crop-flip")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # A recipe fills the training settings it names (flags still win) and may change the loop:
 # "authors" is the SGT authors' MNIST training (train_MNIST.py): batch 512, Adadelta at lr 1.0
 # without a schedule, 100 epochs, and the weights of the epoch with the best test accuracy kept.
 RECIPES = {"authors": dict(batch_size=512, optimizer="adadelta", lr=1.0, epochs=100)}
 OPTIMIZERS = ("adadelta", "sgd", "adam")
+SELECTS = ("last", "val")
 SALIENCY_PASSES = ("eval", "shared")
 ADV_ATTACKS = ("pgd", "fgsm")
 DEVICES = ("auto", "cpu", "cuda")
@@ -70,12 +72,20 @@ class TrainConfig:
     max_len: int | None = None  # truncate documents to this many tokens (None: keep all)
     embeddings: str | None = None  # GloVe vectors file; not hashed itself: its sha256 is
     embeddings_sha256: str | None = None  # filled by resolve from the file
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool | None = None  # None: the dataset's default (ERASER with --embeddings: frozen)
     pooling: str | None = None  # bilstm: attention | max (None: attention)
     test_split: str = "test"  # ERASER: the split a text run is tested and evaluated on (test | val)
+    # which epoch's weights the run keeps: "last", or "val" (the best validation accuracy, for
+    # datasets with a val split; ERASER's default). None: the dataset's default (last).
+    select: str | None = None
     # recipes
     recipe: str | None = None  # "authors": the SGT authors' MNIST recipe (see RECIPES)
     augment: str | None = None  # images: "crop-flip" (random crop, padding 4, and flip) | "none"
+    # devices
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the forward passes)
+    compile: bool = False  # torch.compile the model
+    world_size: int | None = None  # processes of one run (torchrun); filled by resolve from WORLD_SIZE
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA)
     # not part of the hash: they do not change results
     data_dir: str | None = None
     runs_dir: str | None = None
@@ -88,7 +98,8 @@ LEGACY_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mask_
                  "saliency_pass", "adv_attack", "adv_eps", "adv_steps", "adv_step_size", "epochs", "batch_size",
                  "lr", "optimizer", "seed", "train_size", "test_size")
 # Values of an added field that mean "as sgtool 0.1 did": such a field stays out of the hash.
-LEGACY_VALUES = {"data_version": (None, 1)}
+LEGACY_VALUES = {"data_version": (None, 1), "world_size": (None, 1), "select": (None, "last"),
+                 "freeze_embeddings": (None, False)}
 SGT_ONLY = {"mask_frac", "kl_weight", "mask_fill", "saliency_sign", "saliency_pass"}
 ASGT_ONLY = {"adv_attack", "adv_eps", "adv_steps", "adv_step_size"}
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -172,12 +183,20 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     spec = get_dataset(cfg.dataset, cfg.data_dir)
     d = dataclasses.asdict(cfg)
+    if d["world_size"] is None:
+        from .distributed import env_world_size
+
+        d["world_size"] = env_world_size()
     if cfg.recipe is not None:
         if cfg.recipe not in RECIPES:
             raise unknown_name("recipe", cfg.recipe, RECIPES)
         for k, v in RECIPES[cfg.recipe].items():
             if d.get(k) is None:
                 d[k] = v
+    if d["freeze_embeddings"] is None and not d["embeddings"]:
+        d["freeze_embeddings"] = False  # random word vectors must be learnt
+    if d["select"] is None and (d["test_split"] == "val" or d["recipe"] == "authors"):
+        d["select"] = "last"  # the validation split is taken, or the recipe picks its own epoch
     for k, v in spec.defaults.items():
         if d.get(k) is None:
             d[k] = v
@@ -240,6 +259,8 @@ def validate(cfg: TrainConfig) -> None:
     if (cfg.embeddings or cfg.max_len is not None or cfg.freeze_embeddings or cfg.pooling) and spec.layout != "tokens":
         raise UsageError(f"--embeddings, --max-len, --freeze-embeddings and --pooling are for text; "
                          f"{cfg.dataset} is {spec.layout} data")
+    if cfg.precision not in PRECISIONS:
+        raise unknown_name("precision", cfg.precision, PRECISIONS)
     if cfg.augment is not None:
         if cfg.augment not in AUGMENTS:
             raise unknown_name("augmentation", cfg.augment, AUGMENTS)
@@ -249,6 +270,13 @@ def validate(cfg: TrainConfig) -> None:
         raise unknown_name("pooling", cfg.pooling, ("attention", "max"))
     if cfg.test_split not in ("test", "val"):
         raise unknown_name("test split", cfg.test_split, ("test", "val"))
+    if cfg.select is not None and cfg.select not in SELECTS:
+        raise unknown_name("epoch selection", cfg.select, SELECTS)
+    if cfg.select == "val" and (cfg.recipe == "authors" or cfg.test_split == "val"):
+        raise UsageError("--select val keeps the epoch with the best validation accuracy; it cannot be combined "
+                         "with " + ("--recipe authors (which keeps the best test epoch)" if cfg.recipe == "authors"
+                                    else "--test-split val (the validation split would then be the test split)")
+                         + "; use --select last")
     for name in ("train_size", "test_size", "width", "heads", "max_len"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -476,6 +504,7 @@ class AttackConfig:
     limit: int | None = None
     batch_size: int = 500
     seed: int = 0
+    seeding: str = "batch"  # PGD's random starts: one stream per batch, or one for all ("stream", 0.1's)
     data_dir: str | None = None
     device: str = "auto"
 
@@ -570,11 +599,14 @@ def validate_attack(cfg: AttackConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be an integer of at least 1, got {v!r}")
     if not _is_int(cfg.seed):
         raise UsageError(f"--seed must be an integer, got {cfg.seed!r}")
+    if cfg.seeding not in ("batch", "stream"):
+        raise unknown_name("seeding", cfg.seeding, ("batch", "stream"))
     if cfg.device not in DEVICES:
         raise unknown_name("device", cfg.device, DEVICES)
 
 
-EVAL_LEGACY = {"MaskEvalConfig": MASK_EVAL_LEGACY, "ExplainConfig": {"output": "logit", "baseline": "zero"}}
+EVAL_LEGACY = {"MaskEvalConfig": MASK_EVAL_LEGACY, "ExplainConfig": {"output": "logit", "baseline": "zero"},
+               "AttackConfig": {"seeding": "stream"}}
 
 
 def eval_hash(cfg, run_id: str) -> str:

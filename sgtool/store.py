@@ -16,7 +16,6 @@ leaves either the old file or the new one, never half of one. Nothing is ever pi
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
@@ -137,19 +136,13 @@ def make_root(root: Path) -> None:
 
 @contextmanager
 def run_lock(run_dir: Path):
-    """An exclusive, non-blocking flock: a second process training the same run fails at once.
-    The kernel drops the lock when the process dies, so a kill never leaves a stale lock."""
-    f = open(run_dir / LOCK, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise SgtoolError(f"run {run_dir.name} is being trained by another process (lock held)") from None
-    try:
+    """An exclusive, non-blocking lock (sgtool.locks): a second process training the same run
+    fails at once, with one line naming the holder. The kernel drops the lock when its process
+    dies, so a kill never leaves a stale lock."""
+    from .locks import held
+
+    with held(run_dir / LOCK, f"run {run_dir.name}", "trained"):
         yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
 
 
 # --------------------------------------------------------------------------- runs
@@ -172,15 +165,16 @@ def read_run(run_dir: Path) -> dict:
 
 def lock_held(run_dir: Path) -> bool:
     """Whether some process holds the run's training lock right now."""
-    try:
-        with open(run_dir / LOCK, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+    from .locks import is_held
+
+    return is_held(Path(run_dir) / LOCK)
+
+
+def lock_owner(run_dir: Path) -> dict | None:
+    """(host, pid, since) of the process training the run, as it recorded itself."""
+    from .locks import owner
+
+    return owner(Path(run_dir) / LOCK)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .config import FLAG_ONLY, TrainConfig, config_hash, eval_hash, normalise_keys, read_yaml, resolve
-from .errors import UsageError, unknown_name
+from .errors import SgtoolError, UsageError, unknown_name
 from .store import CKPT, RUN, find_run, lock_held, runs_root
 
 SECTIONS = ("description", "train", "mask_eval", "attack", "explain", "parts")
@@ -310,49 +310,192 @@ def _inner(emit, stage: str):
     return show
 
 
+EXECUTORS = ("inline", "local", "slurm")
+WAIT_POLL = 2.0  # seconds between looks at cells that other processes hold
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """'i/N' -> (i, N): this process takes the cells i, i + N, i + 2N, ... of the plan."""
+    if shard is None:
+        return None
+    i, sep, n = str(shard).partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise UsageError(f"--shard must be i/N, such as 0/4, got '{shard}'") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard i/N needs 0 <= i < N, got '{shard}'")
+    return i, n
+
+
+def _cell_lock(root: Path, cell: Cell) -> Path:
+    """The lock a sweep holds while it works on a cell (train and evaluations): a hidden file in
+    the runs dir, so that a run dir is never created before its training starts."""
+    d = root / ".locks"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{cell.run_id}.lock"
+
+
+def run_cell(cell: Cell, root: Path, emit=lambda **kw: None, step: int = 0, steps: int = 0, i: int = 1,
+             n: int = 1) -> dict:
+    """One cell: train (or resume, or find it trained), then each evaluation (or find it cached).
+    Raises Busy when another process holds the cell or its run."""
+    from .locks import held
+    from .train import train_run
+
+    t0 = time.time()
+    row = _row(cell)
+    try:
+        with held(_cell_lock(root, cell), f"cell {cell.run_id}"):
+            emit(event="stage", step=step + 1, steps=steps, cell=i, cells=n, experiment=cell.experiment,
+                 run=cell.run_id, stage="train")
+            before = _train_state(root / cell.run_id)
+            if before == "running":
+                raise Busy(cell.run_id)
+            res = train_run(cell.cfg, on_progress=_inner(emit, "train"))
+            row["train"] = "cached" if res["already"] else "resumed" if before == "partial" else "trained"
+            row["test_acc"] = res["test_acc"]
+            run = find_run(root, cell.run_id)
+            for j, (kind, ecfg) in enumerate(cell.evals.items(), 2):
+                emit(event="stage", step=step + j, steps=steps, cell=i, cells=n, experiment=cell.experiment,
+                     run=cell.run_id, stage=kind)
+                out = STAGES[kind](run, ecfg, _inner(emit, kind))
+                row[kind] = "cached" if out["cached"] else "done"
+    except SgtoolError as e:
+        if "by another process" in str(e):  # the cell lock, or a plain `sgtool train` of its run
+            raise Busy(cell.run_id) from None
+        raise
+    row["seconds"] = round(time.time() - t0, 1)
+    return row
+
+
+class Busy(Exception):
+    """Another process holds this cell right now."""
+
+
 def run_sweep(path: str | Path, only: str | list[str] | None = None, dry_run: bool = False,
               runs_dir: str | None = None, data_dir: str | None = None, device: str | None = None,
-              on_progress=None) -> list[dict]:
+              on_progress=None, executor: str = "inline", jobs: int | None = None, gpus_per_job: int = 0,
+              slurm_partition: str | None = None, slurm_time: int | None = None, shard: str | None = None,
+              wait: bool = True) -> list[dict]:
     """Run (or, with dry_run, only list) every cell of the chosen experiments.
 
     Returns one summary row per cell: experiment, run, dataset, trainer, mask_frac, seed,
-    then train (trained | resumed | cached; dry run: todo | resume | cached | running elsewhere),
-    test_acc, a status per evaluation kind (done | cached; dry run: todo | cached; None where the
-    experiment does not ask for it) and seconds. on_progress(event=...) is called with event
-    "plan" (cells, steps), "stage" (step, steps, cell, cells, experiment, run, stage), "inner"
-    (completed, total, info) and "cell" (row).
-    """
-    from .train import train_run
+    then train (trained | resumed | cached | running elsewhere; dry run: todo | resume | cached |
+    running elsewhere), test_acc, a status per evaluation kind (done | cached; dry run: todo |
+    cached; None where the experiment does not ask for it) and seconds. on_progress(event=...)
+    is called with event "plan" (cells, steps), "stage" (step, steps, cell, cells, experiment,
+    run, stage), "inner" (completed, total, info) and "cell" (row).
 
+    Many sweeps may share one runs dir: a cell another process holds is passed over, and looked
+    at again at the end (waited for, or with wait=False reported as "running elsewhere").
+    shard "i/N" takes every N-th cell from the i-th. executor "local" or "slurm" runs each cell
+    as a submitit job, at most `jobs` at a time.
+    """
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, EXECUTORS)
     cells = plan(path, only, runs_dir, data_dir, device)
+    sh = parse_shard(shard)
+    if sh is not None:
+        cells = cells[sh[0]:: sh[1]]
     root = runs_root(runs_dir)
     if dry_run:
         return [_dry_row(root, c) for c in cells]
     emit = on_progress or (lambda **kw: None)
     steps = sum(1 + len(c.evals) for c in cells)
     emit(event="plan", cells=len(cells), steps=steps)
-    rows, step = [], 0
-    for i, cell in enumerate(cells, 1):
-        t0 = time.time()
-        row = _row(cell)
-        step += 1
-        emit(event="stage", step=step, steps=steps, cell=i, cells=len(cells), experiment=cell.experiment,
-             run=cell.run_id, stage="train")
-        before = _train_state(root / cell.run_id)
-        res = train_run(cell.cfg, on_progress=_inner(emit, "train"))
-        row["train"] = "cached" if res["already"] else "resumed" if before == "partial" else "trained"
-        row["test_acc"] = res["test_acc"]
-        run = find_run(root, cell.run_id)
-        for kind, ecfg in cell.evals.items():
-            step += 1
-            emit(event="stage", step=step, steps=steps, cell=i, cells=len(cells), experiment=cell.experiment,
-                 run=cell.run_id, stage=kind)
-            out = STAGES[kind](run, ecfg, _inner(emit, kind))
-            row[kind] = "cached" if out["cached"] else "done"
-        row["seconds"] = round(time.time() - t0, 1)
-        rows.append(row)
-        emit(event="cell", row=row)
-    return rows
+    if executor != "inline":
+        return _submit(cells, root, emit, executor, jobs, gpus_per_job, slurm_partition, slurm_time,
+                       dict(path=str(path), only=only, runs_dir=runs_dir, data_dir=data_dir, device=device))
+    rows: dict[int, dict] = {}
+    pending = list(range(len(cells)))
+    step = 0
+    while pending:
+        busy = []
+        for i in pending:
+            cell = cells[i]
+            try:
+                rows[i] = run_cell(cell, root, emit, step, steps, i + 1, len(cells))
+            except Busy:
+                busy.append(i)
+                continue
+            step += 1 + len(cell.evals)
+            emit(event="cell", row=rows[i])
+        if busy and not wait:
+            for i in busy:
+                rows[i] = {**_row(cells[i]), "train": "running elsewhere"}
+            break
+        if busy:
+            emit(event="wait", cells=len(busy))
+            time.sleep(WAIT_POLL)
+        pending = busy
+    return [rows[i] for i in range(len(cells))]
+
+
+class CellJob:
+    """A submitit job: one cell, found again in the worker by its run id from the same
+    experiments file. Checkpointable: a preempted job is requeued with the same arguments, and
+    the store resumes the run from its last finished epoch."""
+
+    def __init__(self, **plan_args):
+        self.plan_args = plan_args
+
+    def __call__(self, run_id: str) -> dict:
+        a = self.plan_args
+        (cell,) = [c for c in plan(a["path"], a["only"], a["runs_dir"], a["data_dir"], a["device"])
+                   if c.run_id == run_id]
+        root = runs_root(a["runs_dir"])
+        while True:
+            try:
+                return run_cell(cell, root)
+            except Busy:  # another process has it: wait for it, then find it done
+                time.sleep(WAIT_POLL)
+
+    def checkpoint(self, run_id: str):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, run_id)
+
+
+def _submit(cells, root: Path, emit, executor: str, jobs, gpus_per_job, partition, time_min, plan_args) -> list[dict]:
+    """Each cell as a submitit job (local processes, or a SLURM array), at most `jobs` running."""
+    try:
+        import submitit
+    except ImportError:
+        raise SgtoolError("--executor local/slurm needs submitit: pip install 'sgtool[cluster]'") from None
+    folder = root / ".submitit"
+    folder.mkdir(parents=True, exist_ok=True)
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=executor)
+    params = dict(timeout_min=time_min or 24 * 60, name="sgtool-sweep")
+    if executor == "slurm":
+        params.update(slurm_array_parallelism=jobs or len(cells), gpus_per_node=gpus_per_job or 0)
+        if partition:
+            params["slurm_partition"] = partition
+    elif gpus_per_job:
+        params["visible_gpus"] = list(range(gpus_per_job))
+    ex.update_parameters(**params)
+    limit = len(cells) if executor == "slurm" else max(1, jobs or 1)
+    job_fn = CellJob(**plan_args)
+    running, rows, queue, done_steps = {}, {}, list(range(len(cells))), 0
+    while queue or running:
+        while queue and len(running) < limit:
+            i = queue.pop(0)
+            running[i] = ex.submit(job_fn, cells[i].run_id)
+            emit(event="stage", step=done_steps + 1, steps=sum(1 + len(c.evals) for c in cells), cell=i + 1,
+                 cells=len(cells), experiment=cells[i].experiment, run=cells[i].run_id, stage=f"job {running[i].job_id}")
+        for i, job in list(running.items()):
+            if job.done():
+                del running[i]
+                try:
+                    rows[i] = job.result()
+                except Exception as e:  # noqa: BLE001 - a failed job: its error, in one line
+                    last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    raise SgtoolError(f"the job of cell {cells[i].run_id} failed ({last}); its logs are in "
+                                      f"{folder / str(job.job_id)}") from None
+                done_steps += 1 + len(cells[i].evals)
+                emit(event="cell", row=rows[i])
+        time.sleep(0.5)
+    return [rows[i] for i in range(len(cells))]
 
 
 def _dry_row(root: Path, cell: Cell) -> dict:

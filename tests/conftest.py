@@ -29,3 +29,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def record_model_inputs(monkeypatch, module_name: str = "sgtool.evaluate.mask_eval") -> list:
+    """Wrap the models that `module_name` loads so that every input they see is appended (a
+    detached copy) to the returned list."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    seen, real_load = [], module.load_model
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.model(x)
+
+    def load(run, device, **kw):
+        model, cfg = real_load(run, device, **kw)
+        return Recorder(model), cfg
+
+    monkeypatch.setattr(module, "load_model", load)
+    return seen

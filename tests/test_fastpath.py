@@ -66,6 +66,12 @@ def test_sgt_numbers_are_the_same_with_the_switch_off(switch, saliency_pass):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
+def _python_without_omp_policy(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter whose environment has no OMP_WAIT_POLICY."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_importing_sgtool_changes_nothing_in_the_process():
     """The malloc tuning and OMP_WAIT_POLICY belong to the `sgtool` command, not to `import sgtool`."""
     code = ("import os, sgtool.process as p\n"
@@ -73,8 +79,7 @@ def test_importing_sgtool_changes_nothing_in_the_process():
             "import sgtool, sgtool.train, sgtool.evaluate, sgtool.report, sgtool.sweep\n"
             "sgtool.SGTLoss, sgtool.train_run\n"
             "print(os.environ.get('OMP_WAIT_POLICY'))\n")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _python_without_omp_policy(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
 
@@ -85,6 +90,5 @@ def test_the_command_tunes_the_process_before_torch_loads():
             "assert 'torch' not in sys.modules\n"
             "tune_process()\n"
             "print(os.environ['OMP_WAIT_POLICY'])\n")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _python_without_omp_policy(code)
     assert out.returncode == 0 and out.stdout.strip() == "PASSIVE", out.stderr

@@ -2,7 +2,6 @@
 truth metrics against hand computations, and the `sgtool mask-eval` command."""
 
 import csv
-import importlib
 import json
 
 import pytest
@@ -28,6 +27,7 @@ from sgtool.layout import removal_rank
 from sgtool.saliency import SALIENCY, get_saliency, position_score
 from sgtool.store import find_run
 from sgtool.train import accuracy, load_model, train_run
+from tests.conftest import record_model_inputs
 
 TRAIN = dict(dataset="synthetic", model="mlp", trainer="standard", train_size=256, test_size=64, epochs=1,
              batch_size=64)
@@ -53,20 +53,7 @@ def test_exactly_the_k_most_salient_positions_are_removed_once_each(run, monkeyp
     # A known score without ties: a different random permutation of the positions per sample.
     score = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).float().view(n, 1, 28, 28)
     monkeypatch.setitem(SALIENCY, "probe", lambda model, x, target, **kw: score[: len(x)])
-    seen = []
-    module = importlib.import_module("sgtool.evaluate.mask_eval")
-    real_load = module.load_model
-
-    class Recorder(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            seen.append(x.detach().clone())
-            return self.model(x)
-
-    monkeypatch.setattr(module, "load_model", lambda r, device, **kw: (Recorder(real_load(r, device)[0]), real_load(r, device)[1]))
+    seen = record_model_inputs(monkeypatch)
     x = load("synthetic", test_size=64).x_test[:n]
     rank = removal_rank(score.view(n, -1)).view(n, 28, 28)  # (n, H, W)
     fractions = (0.0, 0.1, 0.25, 0.5, 0.9)
@@ -225,7 +212,7 @@ def test_cli_by_id_then_cached_then_by_training_flags(run):
     r = invoke(run["id"][:6], *args)
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "accuracy, share of features removed" in out and "auc_vs_random" in out and "precision_at_gt" in out
+    assert "accuracy as the most salient features are removed" in out and "vs random" in out and "P@GT" in out
     eid = eval_hash(resolve_mask_eval(mask_eval_config(methods="grad,random", fractions="0,0.5", limit=16),
                                       "synthetic"), run["id"])
     assert (run["dir"] / "mask_eval" / f"{eid}.json").is_file()

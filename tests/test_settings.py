@@ -4,7 +4,6 @@ IG's steps, the baselines' range, the background pixel, the explained output (lo
 and how ties are broken. Also: a corrupt model file is one line."""
 
 import functools
-import importlib
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from sgtool.models import build
 from sgtool.saliency import LogProb, explain_setup, get_saliency
 from sgtool.store import find_run
 from sgtool.train import train_run
+from tests.conftest import record_model_inputs
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -148,20 +148,7 @@ def test_ties_are_broken_at_random_not_by_index(run, monkeypatch, ties):
     from sgtool.evaluate import mask_eval
     from sgtool.saliency import SALIENCY
 
-    module = importlib.import_module("sgtool.evaluate.mask_eval")
-    seen = []
-    real_load = module.load_model
-
-    class Recorder(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            seen.append(x.detach().clone())
-            return self.model(x)
-
-    monkeypatch.setattr(module, "load_model", lambda r, d, **kw: (Recorder(real_load(r, d)[0]), real_load(r, d)[1]))
+    seen = record_model_inputs(monkeypatch)
     monkeypatch.setitem(SALIENCY, "flat", lambda model, x, target, **kw: torch.ones_like(x))
     mask_eval(run, mask_eval_config(methods="flat", fractions="0,0.1", fill="zero", ties=ties, limit=4,
                                     batch_size=4), force=True)

@@ -155,7 +155,7 @@ def test_repo_experiments_file():
     by = {}
     for c in cells:
         by.setdefault(c.experiment, []).append(c)
-    assert {k: len(v) for k, v in by.items()} == {"demo": 6, "mnist-sgt": 6, "mnist-asgt": 3, "cifar10-asgt": 3,
+    assert {k: len(v) for k, v in by.items()} == {"demo": 6, "mnist-sgt": 6, "mnist-sgt-authors": 6, "mnist-asgt": 3, "cifar10-asgt": 3,
                                                   "cifar10-sgt": 2, "tsb-sgt": 264,
                                                   **({"eraser-movies": 6} if "eraser-movies" in names else {})}
     assert {c.cfg.dataset for c in by["demo"]} == {"synthetic", "tsb-middle-box", "synthetic-text"}
@@ -169,6 +169,8 @@ def test_repo_experiments_file():
     assert {c.cfg.seed for c in by["mnist-sgt"]} == {0, 1, 2}
     assert {(c.cfg.mask_frac, c.cfg.mask_fill) for c in by["mnist-sgt"] if c.cfg.trainer == "sgt"} == {(0.5, "random")}
     assert {c.cfg.model for c in by["cifar10-sgt"]} == {"resnet18"}
+    assert {(c.cfg.recipe, c.cfg.batch_size, c.cfg.optimizer, c.cfg.epochs) for c in by["mnist-sgt-authors"]} == {
+        ("authors", 512, "adadelta", 100)}
     assert set(by["demo"][0].evals) == {"mask_eval", "attack", "explain"}
 
 

@@ -24,6 +24,7 @@ from sgtool.layout import LAYOUTS
 from sgtool.models import MODEL_LAYOUTS, MODELS, build, register_model
 from sgtool.saliency import SALIENCY
 from sgtool.sgt import SGTLoss
+from sgtool.train import train_run
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -354,6 +355,48 @@ def test_cli_text_train_mask_eval_explain_report(tmp_path):
     assert r.exit_code == 0 and "Table 1 (text)" in r.output and "plausibility" in r.output
 
 
+def test_eraser_runs_keep_the_best_validation_epoch(tmp_path, monkeypatch):
+    """ERASER's default --select val: metrics gain val_acc, the run keeps the weights of the first
+    epoch with the best val accuracy, and reports that epoch's test accuracy. The accuracies are
+    scripted, so that the best val epoch (2) is neither the best test epoch (3) nor the last."""
+    import csv
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import sgtool.train as train_mod
+
+    movies_like(tmp_path)
+    script = {"val": iter([0.2, 0.9, 0.5, 0.9]), "test": iter([0.3, 0.4, 0.8, 0.1])}
+    real = train_mod.accuracy
+    monkeypatch.setattr(train_mod, "accuracy", lambda model, x, y, **kw: (real(model, x, y, **kw), next(
+        script["val" if x is data_seen["val"] else "test"]))[1])
+    data_seen = {}
+    real_load = train_mod.load_data
+    monkeypatch.setattr(train_mod, "load_data", lambda *a, **kw: data_seen.update(
+        val=(d := real_load(*a, **kw)).extras["x_val"]) or d)
+    cfg = make_config(dataset="eraser-movies", trainer="standard", epochs=4, width=4, data_dir=str(tmp_path),
+                      runs_dir=str(tmp_path / "runs"))
+    assert cfg.select == "val" and make_config(dataset="synthetic-text").select is None
+    res = train_run(cfg)
+    run = res["dir"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["val_acc"] for r in rows] == ["0.2", "0.9", "0.5", "0.9"]
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        assert f.metadata()["epoch"] == "2"
+    final, best = load_file(run / "model.safetensors"), load_file(run / "best.safetensors")
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert res["test_acc"] == 0.4 and json.loads((run / "run.json").read_text())["test_acc"] == 0.4
+    monkeypatch.undo()
+    # --select val with the validation split as the test split is refused; --test-split val alone is fine
+    with pytest.raises(UsageError, match="--select val"):
+        make_config(dataset="eraser-movies", select="val", test_split="val", data_dir=str(tmp_path))
+    assert make_config(dataset="eraser-movies", test_split="val", data_dir=str(tmp_path)).select == "last"
+    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--select", "val", "--runs-dir", str(tmp_path / "r2")])
+    assert r.exit_code == 1 and "--select val needs a validation split" in r.output
+    assert not (tmp_path / "r2").exists()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--dataset", "synthetic-text", "--model", "mnist-cnn"], "model 'mnist-cnn' takes image data"),
     (["--dataset", "mnist", "--embeddings", "x.txt"], "--embeddings, --max-len, --freeze-embeddings and --pooling are for text"),
@@ -376,3 +419,27 @@ def test_real_movies(tmp_path):
     assert len(d.x_train) == 1600 and len(d.x_test) == 199 and d.x_train.shape[1] == 2809
     assert d.extras["rationale_fraction"] == pytest.approx(0.0935, abs=5e-4)
     assert LAYOUTS["tokens"].n_features((d.x_train.shape[1],)) == 2809
+
+
+def test_bilstm_honours_padding_as_packed_sequences_do():
+    """The BiLSTM's outputs on real tokens equal a packed bidirectional LSTM's with the same
+    weights, and do not depend on what (or how much) padding follows."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    model = build("bilstm", "synthetic-text", vocab_size=30, width=6).eval()
+    ref = nn.LSTM(model.emb.embedding_dim, 6, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(ref, name).copy_(getattr(model.fwd, name))
+            getattr(ref, name + "_reverse").copy_(getattr(model.bwd, name))
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    e, mask = model.embed(ids), ids != 0
+    seen = []
+    model.drop.register_forward_hook(lambda m, i, o: seen.append(o))
+    model.forward_embedded(e, mask)
+    packed, _ = ref(pack_padded_sequence(e, mask.sum(1), batch_first=True, enforce_sorted=False))
+    want, _ = pad_packed_sequence(packed, batch_first=True, total_length=5)
+    torch.testing.assert_close(seen[0][mask], want[mask])
+    longer = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
+    torch.testing.assert_close(model(longer), model(ids))

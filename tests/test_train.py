@@ -323,3 +323,13 @@ def test_train_speed_benchmark_prints_ratios_and_floor(shared_data):
     assert sal > 0 and std > 0
     # the parts are printed to 0.1 ms and the floor to 0.01
     assert floor == pytest.approx(2 + (sal + msk - opt) / std, abs=0.005 + 0.2 / std)
+
+
+def test_gpu_suite_runs_on_the_cpu_in_smoke_mode(shared_data):
+    """benchmarks/gpu_suite.py cannot rot while no GPU is lent: its smoke run prints every row."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_suite.py"), "--smoke", "--data-dir",
+                          str(shared_data)], capture_output=True, text=True, timeout=300, check=True).stdout
+    for row in ("mnist-cnn b8 SGT", "resnet20 b4 ASGT", "authors' SGT step", "mask-eval ig", "bf16 SGT masks",
+                "PGD-3"):
+        assert row in out, out

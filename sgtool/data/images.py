@@ -101,9 +101,9 @@ SYNTHETIC_VERSIONS = {1: make_synthetic, 2: make_synthetic_v2}
 
 
 def load_synthetic(data_dir: Path, train_size: int | None, test_size: int | None, data_version=None) -> Data:
-    """The built-in task. data_version 1 (or none: a run stored by sgtool 0.1) is the original,
-    2 the harder default of sgtool 0.2."""
-    version = data_version or 1
+    """The built-in task: data_version 2 (the default) or 1, the original of sgtool 0.1 (the runs
+    it stored, which have no data_version, get it: see train.data_options)."""
+    version = data_version or 2
     if version not in SYNTHETIC_VERSIONS:
         from ..errors import unknown_name
 

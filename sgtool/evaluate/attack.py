@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as ddp
 from ..config import eval_hash
 from ..data import get_dataset
 from ..errors import SgtoolError, UsageError
@@ -107,7 +108,7 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
                 "warnings": meta["warnings"], "path": csv_path, "cached": True,
                 "examples": ex_path if ex_path.is_file() else None}
 
-    device = pick_device(cfg.device)
+    device, lead = ddp.join(pick_device(cfg.device))
     model, tcfg = load_model(run, device, data_dir=data_dir)
     model = freeze(model)  # input gradients only; channels-last
     data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=cfg.data_dir)
@@ -120,38 +121,49 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
     # FGSM also runs as the yardstick of the "weaker than FGSM" flag when it was not asked for.
     iterative = any(m != "fgsm" for m in methods)
     attacked = methods + (("fgsm",) if iterative and "fgsm" not in methods else ())
+    # Randomness (PGD's starts, dropout in train mode): one stream for the whole evaluation
+    # ("stream", sgtool 0.1's), or one per batch, seeded from (seed, batch): the same numbers
+    # however the batches are shared among processes.
+    stream = torch.Generator(device).manual_seed(cfg.seed)
     params = dict(steps=cfg.steps, step_size=cfg.step_size, restarts=cfg.restarts, decay=cfg.decay,
-                  random_start=cfg.random_start, generator=torch.Generator(device).manual_seed(cfg.seed),
-                  bounds=spec.bounds)
-    if cfg.train_mode:
+                  random_start=cfg.random_start, bounds=spec.bounds)
+    if cfg.train_mode and cfg.seeding == "stream":
         torch.manual_seed(cfg.seed)  # dropout masks during the attack
 
-    ok = {}  # (method, eps) -> list of (B,) bool per batch: right clean and under attack
-    clean_ok, zero_grad, examples = [], [], {}
-    batches = range(0, n, cfg.batch_size)
+    batches = list(range(0, n, cfg.batch_size))
+    if ddp.rank_world()[1] > 1 and cfg.seeding == "stream":
+        raise SgtoolError("an attack split over processes needs per-batch seeds; drop --seeding stream")
     total, done = len(batches) * len(attacked) * len(eps), 0
-    for i in batches:
+    local = {}  # batch -> (clean right, zero gradient, {(method, eps): right under attack}, examples)
+    for b, i in ddp.mine(list(enumerate(batches))):
+        gen = stream if cfg.seeding == "stream" else torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + b)
+        if cfg.train_mode and cfg.seeding == "batch":
+            torch.manual_seed(cfg.seed * 1_000_003 + b)
         x, y = x_all[i : i + cfg.batch_size].to(device), y_all[i : i + cfg.batch_size].to(device)
         right = predict(model, x) == y  # (B,)
-        clean_ok.append(right.cpu())
         with _attack_mode(model, cfg.train_mode):
             g = input_gradient(model, x, y)  # (B, C, H, W): what the attacks see at x
-        zero_grad.append((g.flatten(1) == 0).all(1).cpu())
+        zero = (g.flatten(1) == 0).all(1).cpu()
         idx = right.nonzero().squeeze(1)  # only the samples the model gets right are attacked
+        ok_b, ex_b = {}, {}
         for m in attacked:
             for e in eps:
                 with _attack_mode(model, cfg.train_mode):
                     x_adv = x.clone()
                     if len(idx):
-                        x_adv[idx] = run_attack(m, model, x[idx], y[idx], e, **params)
-                ok.setdefault((m, e), []).append((predict(model, x_adv) == y).cpu())
+                        x_adv[idx] = run_attack(m, model, x[idx], y[idx], e, generator=gen, **params)
+                ok_b[m, e] = (predict(model, x_adv) == y).cpu()
                 if save_examples and m in methods:
-                    examples.setdefault(_examples_key(m, e), []).append(x_adv.cpu())
+                    ex_b[_examples_key(m, e)] = x_adv.cpu()
                 done += 1
-                if on_progress:
+                if on_progress and lead:
                     on_progress(done=done, total=total, method=m, eps=e)
-
-    ok = {k: torch.cat(v) for k, v in ok.items()}
+        local[b] = (right.cpu(), zero, ok_b, ex_b)
+    per_batch = ddp.gather(local)  # every process's batches, joined in batch order below
+    parts = [per_batch[b] for b in range(len(batches))]
+    clean_ok, zero_grad = [p[0] for p in parts], [p[1] for p in parts]
+    ok = {k: torch.cat([p[2][k] for p in parts]) for k in (parts[0][2] if parts else {})}
+    examples = {k: [p[3][k] for p in parts] for k in (parts[0][3] if parts else {})}
     for e in eps:
         ok["worst", e] = torch.stack([ok[m, e] for m in methods]).all(0)
     rate = lambda t: int(t.sum()) / n if n else 0.0  # noqa: E731
@@ -164,7 +176,7 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
     rows = [{"run": run["id"], "method": "clean", "eps": 0.0, "accuracy": clean, "n": n}]
     rows += [{"run": run["id"], "method": m, "eps": e, "accuracy": acc[m, e], "n": n}
              for m in [*methods, "worst"] for e in eps]
-    if save_examples:
+    if save_examples and lead:
         tensors = {k: torch.cat(v) for k, v in examples.items()}
         for e in eps:
             # Each sample's worst case: the first method's example that fools the model, else
@@ -178,11 +190,13 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
             tensors[_examples_key("worst", e)] = xw
         tensors.update(x=x_all, y=y_all)
         save_tensors(ex_path, tensors, metadata={"run": run["id"], "eval": eid})
-    write_csv(csv_path, rows)
-    write_json(json_path, {
-        "kind": "attack", "run": run["id"], "config": dataclasses.asdict(cfg), "clean_accuracy": clean,
-        "warnings": warnings, "n": n, "zero_grad_share": zero_share,
-        "created": datetime.now(timezone.utc).isoformat(),
-    })
+    if lead:  # one process writes
+        write_csv(csv_path, rows)
+        write_json(json_path, {
+            "kind": "attack", "run": run["id"], "config": dataclasses.asdict(cfg), "clean_accuracy": clean,
+            "warnings": warnings, "n": n, "zero_grad_share": zero_share,
+            "created": datetime.now(timezone.utc).isoformat(),
+        })
+    ddp.barrier()
     return {"id": eid, "rows": rows, "clean_accuracy": clean, "warnings": warnings, "path": csv_path,
             "cached": False, "examples": ex_path if save_examples else None}

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as ddp
 from ..config import MaskEvalConfig, eval_hash, resolve_mask_eval
 from ..data import get_dataset
 from ..errors import SgtoolError
@@ -142,7 +143,7 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
     if not force and (hit := _cached_mask_eval(run, eid, paths, cfg)) is not None:
         return hit
 
-    device = pick_device(cfg.device)
+    device, lead = ddp.join(pick_device(cfg.device))
     model, tcfg = load_model(run, device, data_dir=data_dir)
     model = freeze(model)  # input gradients only; channels-last
     lay = LAYOUTS[spec.layout]
@@ -184,8 +185,12 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
         correct = torch.zeros(len(cfg.fractions))
         deletion, insertion = torch.zeros(len(steps)), torch.zeros(len(steps))
         gt_sums: dict[str, torch.Tensor] = {}  # ground-truth metrics, summed over samples
-        for b, s in enumerate(bounds):
+        local = {}  # batch -> its sums; under torchrun each process does every world-th batch
+        for b, s in ddp.mine(list(enumerate(bounds))):
             sl = slice(s, s + cfg.batch_size)
+            correct_b = torch.zeros(len(cfg.fractions))
+            deletion_b, insertion_b = torch.zeros(len(steps)), torch.zeros(len(steps))
+            sums = {}
             xb, yb, tb = x[sl].to(device), y[sl], targets[sl]
             valid = valid_of(sl)
             with rnn_safe(model, xb):
@@ -198,12 +203,12 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
                              lay.expand(rank, xb).cpu(), nvalid, clean_p[sl], filled_p[sl])
             end = "top" if cfg.order == "morf" else "bottom"
             for i, k in enumerate(ks_of(cfg.fractions, valid)):
-                correct[i] += (passes(end, k).argmax(1) == yb).sum()
+                correct_b[i] += (passes(end, k).argmax(1) == yb).sum()
             full = nf if valid is None else valid_count(valid, len(valid), nf)
             for i, k in enumerate(ks_of(steps, valid)):
-                deletion[i] += passes("top", k).gather(1, tb[:, None]).sum()
+                deletion_b[i] += passes("top", k).gather(1, tb[:, None]).sum()
                 # Revealing the k most salient features = filling the rest, the least salient.
-                insertion[i] += passes("bottom", full - k).gather(1, tb[:, None]).sum()
+                insertion_b[i] += passes("bottom", full - k).gather(1, tb[:, None]).sum()
             if gt is not None:
                 pos = score if valid is None else score.masked_fill(~valid, 0.0)
                 if spec.layout == "series":  # the benchmark's full set, on its rescaled maps
@@ -214,10 +219,18 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
                     prec, rec = saliency_precision_recall(pos, gt[sl])
                     sums = {"aup": trapezoid(prec, GT_LEVELS).sum(), "aur": trapezoid(rec, GT_LEVELS).sum(),
                             "precision_at_gt": precision_at_gt(pos, gt[sl], ties).sum()}
-                for key, v in sums.items():  # float32 sums, as sgtool 0.1 kept them
-                    gt_sums[key] = gt_sums.get(key, torch.zeros(())) + torch.as_tensor(v, dtype=torch.float32)
-            if on_progress:
-                on_progress(method=name, done=mi * len(bounds) + b + 1, total=len(cfg.methods) * len(bounds))
+            local[b] = (correct_b, deletion_b, insertion_b, sums)
+            if on_progress and lead:
+                on_progress(method=name, done=mi * len(bounds) + len(local), total=len(cfg.methods) * len(bounds))
+        # The batches' sums, added in batch order: the same numbers with one process or many.
+        per_batch = ddp.gather(local)
+        for b in range(len(bounds)):
+            correct_b, deletion_b, insertion_b, sums = per_batch[b]
+            correct += correct_b
+            deletion += deletion_b
+            insertion += insertion_b
+            for key, v in sums.items():  # float32 sums, as sgtool 0.1 kept them
+                gt_sums[key] = gt_sums.get(key, torch.zeros(())) + torch.as_tensor(v, dtype=torch.float32)
         seconds[name] = round(time.perf_counter() - t0, 3)
         stats[name] = {"acc": (correct / n).tolist(), "deletion": trapezoid(deletion / n, steps).item(),
                        "insertion": trapezoid(insertion / n, steps).item(),
@@ -225,11 +238,13 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
 
     rows, summary = _mask_eval_tables(run["id"], cfg, stats, n, gt is not None)
     clean_acc = round((clean_p.argmax(1) == y).float().mean().item(), 6)
-    write_csv(paths["csv"], rows)
-    write_csv(paths["summary"], summary)
-    write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
-                               "created": datetime.now(timezone.utc).isoformat(), "n": n,
-                               "clean_accuracy": clean_acc, "seconds": seconds})
+    if lead:  # one process writes
+        write_csv(paths["csv"], rows)
+        write_csv(paths["summary"], summary)
+        write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
+                                   "created": datetime.now(timezone.utc).isoformat(), "n": n,
+                                   "clean_accuracy": clean_acc, "seconds": seconds})
+    ddp.barrier()
     return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False, "config": cfg,
             "seconds": seconds, "clean_accuracy": clean_acc}
 

@@ -1,0 +1,152 @@
+"""The SGT paper's Table 1 on ERASER Movie Reviews, beside the published one: comprehensiveness
+(higher is better) and sufficiency (lower is better) of Gradient, Integrated Gradients and
+SmoothGrad for a BiLSTM trained traditionally and with saliency guided training, and random.
+
+    python benchmarks/eraser_table1.py --data-dir DATA --runs-dir RUNS [--seeds 0,1,2]
+                                       [--epochs N] [--speed] [--report-only]
+
+1. Every (trainer, seed) run is trained into RUNS with sgtool's eraser-movies defaults and the
+   GloVe subset (--embeddings), then ERASER-evaluated on the 199 test documents (grad, ig,
+   smoothgrad, random; AOPC over 1, 5, 10, 20, 50 %), or found already done there, so the script
+   can be stopped and rerun. Test accuracy of each run, and the evaluation's seconds per method.
+2. The table: mean (± std over seeds) beside the paper, and the claim checked - under SGT
+   comprehensiveness rises and sufficiency falls, for all three methods (6 cells).
+3. --speed: one epoch of standard and one of SGT training on Movies, side by side: the same
+   batches in the same order, each batch stepped by both models in turn (alternating which
+   goes first), so that the machine's noise hits both alike. Prints each epoch's seconds and
+   the ratio (target <= 2.7 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from sgtool.process import tune_process
+
+tune_process()  # as the `sgtool` command runs: before torch loads
+
+import torch  # noqa: E402
+
+from sgtool import config_hash, find_run, make_config, runs_root, train_run  # noqa: E402
+from sgtool.config import MaskEvalConfig  # noqa: E402
+from sgtool.evaluate import mask_eval  # noqa: E402
+from sgtool.train import bucketed, build_model, load_data, make_loss, make_optimizer, train_step, trim  # noqa: E402
+
+METHODS = ("grad", "ig", "smoothgrad")
+LABELS = {"grad": "Grad", "ig": "IG", "smoothgrad": "SmoothGrad", "random": "Random"}
+# Published Movies values, traditional / saliency guided (the SGT paper's Table 1); random: one value.
+PAPER = {"comprehensiveness": {"grad": (.200, .240), "ig": (.265, .306), "smoothgrad": (.198, .256), "random": .056},
+         "sufficiency": {"grad": (.042, .013), "ig": (.054, .002), "smoothgrad": (.034, .008), "random": .294}}
+GLOVE = "glove/glove.6B.50d.top50k.txt.gz"
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.mean(values)
+    return f"{m:.3f}" + (f"±{statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def speed(args) -> None:
+    """Seconds of one epoch of standard and of SGT training, measured side by side."""
+    cfgs = {t: make_config(dataset="eraser-movies", trainer=t, embeddings=args.embeddings, data_dir=args.data_dir,
+                           epochs=args.epochs) for t in ("standard", "sgt")}
+    data = load_data(cfgs["standard"], data_dir=args.data_dir)
+    state = {}
+    for t, cfg in cfgs.items():
+        torch.manual_seed(0)
+        model = build_model(cfg, data).train()
+        opt, _ = make_optimizer(cfg, model)
+        state[t] = (model, opt, make_loss(cfg, data))
+    bs, pad = cfgs["standard"].batch_size, state["standard"][0].pad_id
+    x, y, v = data.x_train, data.y_train, data.valid_train
+    torch.manual_seed(1)
+    perm = bucketed(torch.randperm(len(x)), (x != pad).sum(1), bs)
+    seconds = {t: 0.0 for t in state}
+    steps = perm.split(bs)
+    print(f"\n3. one epoch of Movies ({len(x)} documents, {len(steps)} batches of {bs}), standard and SGT "
+          f"alternating per batch:")
+    t_all = time.perf_counter()
+    for i, idx in enumerate(steps):
+        xb = trim(x[idx], pad)
+        vb = v[idx][:, : xb.shape[1]]
+        for t in (("standard", "sgt") if i % 2 == 0 else ("sgt", "standard")):
+            model, opt, loss_fn = state[t]
+            t0 = time.perf_counter()
+            train_step(model, opt, loss_fn, xb, y[idx], vb)
+            seconds[t] += time.perf_counter() - t0
+    print(f"  standard {seconds['standard']:6.1f} s/epoch   sgt {seconds['sgt']:6.1f} s/epoch   "
+          f"ratio {seconds['sgt'] / seconds['standard']:.2f} (target <= 2.7)   "
+          f"[{time.perf_counter() - t_all:.0f} s wall]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True, help="holds eraser/movies.tar.gz and the GloVe subset")
+    ap.add_argument("--runs-dir", required=True)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--epochs", type=int, default=None, help="[the dataset's default]")
+    ap.add_argument("--embeddings", default=GLOVE, help=f"[{GLOVE}, under --data-dir]")
+    ap.add_argument("--speed", action="store_true", help="also time an epoch of each, side by side")
+    ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = runs_root(args.runs_dir)
+    ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
+    print("\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT):")
+    # vals[(metric, method, trainer)] = one value per seed
+    vals: dict[tuple, list[float]] = {}
+    acc: dict[str, list[float]] = {}
+    for seed in seeds:
+        for trainer in ("standard", "sgt"):
+            cfg = make_config(dataset="eraser-movies", trainer=trainer, seed=seed, epochs=args.epochs,
+                              embeddings=args.embeddings, data_dir=args.data_dir, runs_dir=args.runs_dir)
+            if args.report_only and not (root / config_hash(cfg) / "model.safetensors").is_file():
+                continue
+            t0 = time.perf_counter()
+            res = train_run(cfg)
+            train_s = time.perf_counter() - t0
+            ev = mask_eval(find_run(root, res["id"]), ecfg)
+            acc.setdefault(trainer, []).append(res["test_acc"])
+            for r in ev["summary"]:
+                for metric in ("comprehensiveness", "sufficiency"):
+                    vals.setdefault((metric, r["method"], trainer), []).append(float(r[metric]))
+            secs = " ".join(f"{m} {s:.0f}" for m, s in ev["seconds"].items())
+            print(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
+                  + ("" if res["already"] else f", trained in {train_s:.0f} s"))
+            print(f"    ERASER evaluation, seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
+                  f"total {sum(ev['seconds'].values()):.0f} s")
+
+    print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, seeds {seeds}: sgtool standard / SGT vs the paper")
+    print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   SGT better: ours / paper")
+    agree, total = 0, 0
+    for metric, better in (("comprehensiveness", 1), ("sufficiency", -1)):
+        arrow = "↑" if better > 0 else "↓"
+        for m in (*METHODS, "random"):
+            std, sgt = vals.get((metric, m, "standard"), []), vals.get((metric, m, "sgt"), [])
+            paper = PAPER[metric][m]
+            label = f"{metric[:4]}{arrow} {LABELS[m]}"
+            if m == "random":
+                print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper:>11.3f}")
+                continue
+            ours = bool(std and sgt) and better * (statistics.mean(sgt) - statistics.mean(std)) > 0
+            if std and sgt:
+                total += 1
+                agree += ours
+            print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper[0]:.3f}/{paper[1]:.3f}   "
+                  f"{'yes' if ours else 'no':>3} / yes")
+    for t in ("standard", "sgt"):
+        if acc.get(t):
+            print(f"  test accuracy {t}: {fmt(acc[t])} (target: standard >= 0.85, SGT within 0.01)")
+    if total:
+        print(f"\nThe paper's claim (under SGT comprehensiveness rises and sufficiency falls, for Grad, IG "
+              f"and SmoothGrad) holds for {agree} of {total} cells.")
+    if args.speed:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()
