@@ -5,10 +5,11 @@ mask-eval time of the benchmark's six methods plus random.
 
 1. A TCN trained with sgtool's defaults on tsb-middle-box (20 epochs, batch 50): seconds and test
    accuracy after each epoch (target: >= 95 % in under 3 minutes on 2 cores).
-2. Seconds per training step, standard and SGT (mask-frac 0.5), for the TCN and the LSTM at
-   batch 50, alternating within each repeat so that the machine's noise hits both alike (target
+2. Seconds per training step, standard and SGT (mask-frac 0.5), for the TCN, the LSTM, the
+   LSTM with input-cell attention and the Transformer at batch 50, alternating within each repeat so that the machine's noise hits both alike (target
    for the TCN: ratio <= 2.7). The ratio is the median SGT step over the median standard step;
-   "paired" the median of per-repeat ratios.
+   "paired" the median of per-repeat ratios. A run of the TSB defaults is 20 epochs of 20 such
+   steps, which gives the estimate of the `tsb-sgt` grid's training time printed after them.
 3. mask-eval of grad, ig, deeplift, gradshap, deepliftshap, smoothgrad and random on the 100 test
    series of the TCN run (target: under 60 s), per method.
 """
@@ -34,6 +35,7 @@ from sgtool.store import read_metrics  # noqa: E402
 from sgtool.train import build_model, make_loss, make_optimizer, train_step  # noqa: E402
 
 METHODS = ("grad", "ig", "deeplift", "gradshap", "deepliftshap", "smoothgrad", "random")
+ESTIMATE: dict[str, float] = {}
 
 
 def step_ratio(model_name: str, repeats: int, steps: int, batch: int = 50) -> None:
@@ -61,8 +63,9 @@ def step_ratio(model_name: str, repeats: int, steps: int, batch: int = 50) -> No
     std, sgt = statistics.median(flat["standard"]), statistics.median(flat["sgt"])
     paired = statistics.median(statistics.median(a) / statistics.median(b)
                                for a, b in zip(times["sgt"], times["standard"]))
-    print(f"  {model_name:<6} standard {1e3 * std:7.1f} ms/step   sgt {1e3 * sgt:7.1f} ms/step   "
+    print(f"  {model_name:<11} standard {1e3 * std:7.1f} ms/step   sgt {1e3 * sgt:7.1f} ms/step   "
           f"ratio {sgt / std:.2f}   paired {paired:.2f}")
+    ESTIMATE[model_name] = std + sgt  # seconds of one standard and one SGT step
 
 
 def main() -> None:
@@ -92,8 +95,12 @@ def main() -> None:
               + (f">= 95 % first after epoch {first[0]}, {first[1]:.1f} s" if first else "never reached 95 %"))
 
         print(f"\n2. seconds per step at batch 50, {args.repeats} x {args.steps} alternating steps:")
-        for name in ("tcn", "lstm"):
+        for name in ("tcn", "lstm", "lstm-ica", "transformer"):
             step_ratio(name, args.repeats, args.steps)
+
+        print("  tsb-sgt (11 datasets x 3 seeds x the four models x standard and SGT), training alone, "
+              f"estimated from these steps: {sum(ESTIMATE.values()) * 20 * 20 * 33 / 3600:.1f} h "
+              + ", ".join(f"{k} {v * 400 * 33 / 3600:.1f} h" for k, v in ESTIMATE.items()))
 
         print("\n3. mask-eval of the TCN run on the 100 test series (7 methods x 10 fractions, fill background):")
         run = find_run(runs_root(root), res["id"])

@@ -132,16 +132,18 @@ Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda 
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file with the same keys; flags win")]
 
 
-def table(*headers: str, numbers=(), title: str | None = None, caption: str | None = None) -> Table:
+def table(*headers: str, numbers=(), title: str | None = None, caption: str | None = None,
+          min_widths: dict | None = None) -> Table:
     """A rich table that reads whole in an 80-column terminal: columns of numbers never wrap
     (a number is never cut), and text columns fold rather than end in an ellipsis. `numbers`
-    names the numeric columns (by header); a header may hold a newline to stay narrow."""
+    names the numeric columns (by header); a header may hold a newline to stay narrow;
+    `min_widths` keeps short words of a text column whole (status: "completed")."""
     t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     for h in headers:
         if h in numbers:
             t.add_column(h, no_wrap=True, justify="right")
         else:
-            t.add_column(h, overflow="fold")
+            t.add_column(h, overflow="fold", min_width=(min_widths or {}).get(h))
     return t
 
 
@@ -283,23 +285,25 @@ def runs(runs_dir: RunsDir = None):
     if not found:
         console.print(f"no runs in {root}")
         return
-    t = table("id", "dataset", "model", "trainer", "mask\nfrac", "epochs", "test\nacc", "status",
-              numbers=("id", "mask\nfrac", "epochs", "test\nacc"))
+    # trainer and mask-frac share a column ("sgt 0.5"), so that the table fits 80 columns with
+    # the whole id and status
+    t = table("id", "dataset", "model", "trainer", "epochs", "test\nacc", "status",
+              numbers=("id", "epochs", "test\nacc"), min_widths={"status": 11, "trainer": 8})
     for r in found:
         c = r["config"]
         if r["status"] == "corrupt":
-            t.add_row(r["id"], "-", "-", "-", "-", "-", "-", "corrupt")
+            t.add_row(r["id"], "-", "-", "-", "-", "-", "corrupt")
             continue
         rows = read_metrics(r["dir"])
         acc = r.get("test_acc", rows[-1]["test_acc"] if rows else None)
-        mf = str(c.get("mask_frac")) if c.get("trainer") != "standard" else "-"
+        trainer = str(c.get("trainer")) + (f" {c.get('mask_frac')}" if c.get("trainer") != "standard" else "")
         status = r.get("status", "?")
         if status == "running":  # who trains it, as the lock's owner recorded itself
             from .locks import describe
             from .store import lock_owner
 
             status = f"running ({describe(lock_owner(r['dir']))})"
-        t.add_row(r["id"], str(c.get("dataset")), str(c.get("model")), str(c.get("trainer")), mf,
+        t.add_row(r["id"], str(c.get("dataset")), str(c.get("model")), trainer,
                   f"{len(rows)}/{c.get('epochs')}", "-" if acc is None else f"{float(acc):.3f}", status)
     console.print(t)
     bad = [r for r in found if r["status"] == "corrupt"]
