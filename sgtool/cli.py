@@ -287,8 +287,8 @@ def runs(runs_dir: RunsDir = None):
         return
     # trainer and mask-frac share a column ("sgt 0.5"), so that the table fits 80 columns with
     # the whole id and status
-    t = table("id", "dataset", "model", "trainer", "epochs", "test\nacc", "status",
-              numbers=("id", "epochs", "test\nacc"), min_widths={"status": 11, "trainer": 8})
+    t = table("id", "dataset", "model", "trainer", "epoch", "test\nacc", "status",
+              numbers=("id", "epoch", "test\nacc"), min_widths={"status": 11, "trainer": 8})
     for r in found:
         c = r["config"]
         if r["status"] == "corrupt":
