@@ -136,8 +136,9 @@ def main() -> None:
             if std and sgt:
                 total += 1
                 agree += ours
+            verdict = ("yes" if ours else "no") if std and sgt else "-"  # "-": a trainer has no run yet
             print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper[0]:.3f}/{paper[1]:.3f}   "
-                  f"{'yes' if ours else 'no':>3} / yes")
+                  f"{verdict:>3} / yes")
     for t in ("standard", "sgt"):
         if acc.get(t):
             print(f"  test accuracy {t}: {fmt(acc[t])} (target: standard >= 0.85, SGT within 0.01)")

@@ -99,8 +99,8 @@ def main() -> None:
             step_ratio(name, args.repeats, args.steps)
 
         print("  tsb-sgt (11 datasets x 3 seeds x the four models x standard and SGT), training alone, "
-              f"estimated from these steps: {sum(ESTIMATE.values()) * 20 * 20 * 33 / 3600:.1f} h "
-              + ", ".join(f"{k} {v * 400 * 33 / 3600:.1f} h" for k, v in ESTIMATE.items()))
+              f"estimated from these steps: {sum(ESTIMATE.values()) * 20 * 20 * 33 / 3600:.1f} h ("
+              + ", ".join(f"{k} {v * 400 * 33 / 3600:.1f} h" for k, v in ESTIMATE.items()) + ")")
 
         print("\n3. mask-eval of the TCN run on the 100 test series (7 methods x 10 fractions, fill background):")
         run = find_run(runs_root(root), res["id"])

@@ -583,9 +583,28 @@ def print_frame(df, title: str | None = None, caption: str | None = None, labels
     values = [c for c in cols if c not in labels]
 
     def width(c):  # a column's printed width: its widest cell or header word, plus borders
-        cells = [len(str(v)) for v in df[c]] + [len(w) for w in c.split()]
-        return max(cells) + 3
+        words = [len(w) for w in c.split()] if c in labels else [len(c)]  # value columns never wrap
+        return max([len(str(v)) for v in df[c]] + words) + 3
 
+    keys = [c for c in labels if c not in ("n", "method")]
+    if len(keys) > 1 and sum(width(c) for c in labels) > console.width // 2:
+        # Too many label columns to leave room for the numbers (runs of several kinds of data
+        # differ in many settings): number the settings' combinations and print what each
+        # number stands for above the table.
+        combos = list(dict.fromkeys(df[keys].itertuples(index=False, name=None)))
+        ids = {c: str(i + 1) for i, c in enumerate(combos)}
+        if title:
+            console.print(f"[italic]{title}[/italic]", highlight=False)
+            title = None
+        legend = Table.grid(padding=(0, 1))
+        legend.add_column(justify="right", style="bold")
+        legend.add_column(overflow="fold")  # a hanging indent under its number
+        for c, i in ids.items():
+            legend.add_row(i, " · ".join(f"{k} {v}" for k, v in zip(keys, c) if v != "-"))
+        console.print(legend, highlight=False)
+        df = df.assign(**{"#": [ids[c] for c in df[keys].itertuples(index=False, name=None)]})
+        labels = ["#"] + [c for c in labels if c not in keys]
+        df = df[labels + values]
     room = max(console.width - 1 - sum(width(c) for c in labels), 20)
     chunks, cur, used = [], [], 0
     for c in values:

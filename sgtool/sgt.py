@@ -17,6 +17,8 @@ restored afterwards. The saliency is the gradient of the label's log-probability
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +54,8 @@ def saliency_pass(model: nn.Module, b: Batch, y: torch.Tensor, how: str = "eval"
         raise ValueError(f"unknown saliency pass '{how}'; choose from: {', '.join(SALIENCY_PASSES)}")
     if b.fwd is model and not b.args and fastpath.applies(model, b.inp):
         return fastpath.PASSES[how](model, b.inp, y)
+    if how == "eval" and has_trunk(b):
+        return trunk_pass(b.fwd.model, b, y)
     if how == "eval":
         was = model.training
         model.eval()
@@ -64,6 +68,27 @@ def saliency_pass(model: nn.Module, b: Batch, y: torch.Tensor, how: str = "eval"
     logits = b.logits(inp)
     (g,) = torch.autograd.grad(label_log_prob(logits, y), inp, retain_graph=True)
     return g, logits
+
+
+def has_trunk(b: Batch) -> bool:
+    """Is b a token model's batch (layout.Embedded) whose model is split into trunk and head?"""
+    return hasattr(getattr(b.fwd, "model", None), "forward_trunk")
+
+
+def trunk_pass(model: nn.Module, b: Batch, y: torch.Tensor):
+    """The "eval" pass of a token model split as forward_head(forward_trunk(e, mask), mask),
+    whose trunk has no mode-dependent layer (sgtool's BiLSTM and TextCNN): the trunk runs once,
+    and only the head runs twice, in eval mode for g and in the caller's mode for the logits.
+    The same numbers as two whole passes, for one trunk pass less (the LSTMs are most of a step)."""
+    inp = b.inp if b.inp.requires_grad else b.inp.detach().requires_grad_(True)  # (B, L, D)
+    (mask,) = b.args
+    was = model.training
+    with rnn_safe(model, inp) if not was else contextlib.nullcontext():  # cuDNN: backward in train mode
+        h = model.forward_trunk(inp, mask)
+        model.eval()
+        (g,) = torch.autograd.grad(label_log_prob(model.forward_head(h, mask), y), inp, retain_graph=True)
+    model.train(was)
+    return g, model.forward_head(h, mask)
 
 
 def forward_pair(model: nn.Module, b: Batch, u: torch.Tensor, v: torch.Tensor):

@@ -443,3 +443,41 @@ def test_bilstm_honours_padding_as_packed_sequences_do():
     torch.testing.assert_close(seen[0][mask], want[mask])
     longer = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
     torch.testing.assert_close(model(longer), model(ids))
+
+
+@pytest.mark.parametrize("name", ["bilstm", "textcnn"])
+def test_sgt_shares_the_token_models_trunk_with_the_same_numbers(name, monkeypatch):
+    """SGT's eval-mode saliency and its train-mode loss share one pass through the trunk (the
+    LSTMs, the convolutions): the loss, its parts and every parameter gradient equal those of two
+    whole passes, dropout active, with one trunk pass less."""
+    import copy
+
+    import sgtool.sgt as sgt
+
+    torch.manual_seed(0)
+    model = build(name, "synthetic-text", vocab_size=40, width=8).train()
+    ids = torch.randint(3, 40, (6, 12))
+    ids[2, 7:] = 0
+    ids[4, 9:] = 0  # padding at the end
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    calls = []
+    trunk = model.fwd if name == "bilstm" else model.convs[0]
+    trunk.register_forward_hook(lambda *a: calls.append(1))
+
+    def step(shared):
+        monkeypatch.setattr(sgt, "has_trunk", lambda b: shared)
+        m = copy.deepcopy(model)
+        calls.clear()
+        torch.manual_seed(1)  # the same dropout draws
+        loss = SGTLoss(mask_frac=0.5, layout="tokens")(m, ids, y)
+        loss.backward()
+        assert m.training
+        return loss, len(calls), {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+
+    (a, n_a, ga), (b, n_b, gb) = step(True), step(False)
+    assert (n_a, n_b) == (2, 3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a.parts, b.parts, rtol=0, atol=0)
+    assert ga.keys() == gb.keys() and len(ga) > 3
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=0, atol=0, msg=k)

@@ -72,11 +72,19 @@ class BiLSTM(TokenModel):
         self.ff = nn.Sequential(nn.Linear(2 * hidden, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes))
 
     def forward_embedded(self, e, mask):  # (B, L, D), (B, L): real tokens first, then padding
+        return self.forward_head(self.forward_trunk(e, mask), mask)
+
+    def forward_trunk(self, e, mask):  # (B, L, D), (B, L) -> (B, L, 2H)
+        """The two LSTMs: no layer here depends on the mode, so SGT's eval-mode saliency and
+        its train-mode loss share one pass through them (sgt.trunk_pass)."""
         rev = reverse_within(mask)  # (B, L): each document's tokens in reverse, padding in place
         back = lambda t: t.gather(1, rev[:, :, None].expand_as(t))  # noqa: E731 (an involution)
         h_fwd, _ = self.fwd(e)  # (B, L, H): step t sees tokens <= t, never the padding after
         h_bwd, _ = self.bwd(back(e))  # the reversed document: step t sees tokens >= t of the original
-        h = self.drop(torch.cat([h_fwd, back(h_bwd)], -1))  # (B, L, 2H)
+        return torch.cat([h_fwd, back(h_bwd)], -1)
+
+    def forward_head(self, h, mask):  # (B, L, 2H), (B, L) -> (B, classes): dropout, pooling, feed-forward
+        h = self.drop(h)
         real = mask[:, :, None]
         if self.pooling == "max":
             pooled = h.masked_fill(~real, float("-inf")).amax(1)
@@ -95,12 +103,18 @@ class TextCNN(TokenModel):
         self.fc = nn.Linear(filters * len(widths), num_classes)
 
     def forward_embedded(self, e, mask):
+        return self.forward_head(self.forward_trunk(e, mask), mask)
+
+    def forward_trunk(self, e, mask):  # (B, L, D), (B, L) -> (B, filters x widths); mode-free
         x = (e * mask[..., None]).transpose(1, 2)  # (B, D, L)
         feats = []
         for conv in self.convs:
             h = F.relu(conv(x))[..., : e.shape[1]]  # (B, filters, L): each output sees tokens <= t
             feats.append(h.masked_fill(~mask[:, None, :], float("-inf")).amax(2))
-        return self.fc(self.drop(torch.cat(feats, 1)))
+        return torch.cat(feats, 1)
+
+    def forward_head(self, h, mask):
+        return self.fc(self.drop(h))
 
 
 def _kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, width_dim=50):
