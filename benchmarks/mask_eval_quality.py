@@ -18,7 +18,7 @@ into --runs-dir (or taken from there when they exist) and evaluated on the first
 Evaluations are cached in the runs (mask_eval/), as `sgtool mask-eval` caches them.
 
     python benchmarks/mask_eval_quality.py --mnist-runs-dir /work/bench-runs --data-dir ../shared/data \\
-        --runs-dir /tmp/quality-runs --limit 1000 [--legacy]
+        --runs-dir /tmp/quality-runs --limit 1000 [--methods grad,random] [--legacy]
 
 --legacy also evaluates the MNIST runs with sgtool 0.1's settings (logits, black baselines, ties
 by index) and prints old and new AUCs side by side.
@@ -75,8 +75,10 @@ def mnist_part(args, cfg) -> None:
               f"{' (cached)' if r['cached'] else ''}, {r['path'].with_suffix('')}.*")
     print("\n  Grad: accuracy with that share of the most salient pixels removed (and random removal)")
     acc_table(res, ["grad", "random"], cfg.fractions)
-    print("\n  the other methods")
-    acc_table(res, [m for m in cfg.methods if m not in ("grad", "random")], cfg.fractions)
+    others = [m for m in cfg.methods if m not in ("grad", "random")]
+    if others:
+        print("\n  the other methods")
+        acc_table(res, others, cfg.fractions)
     s = {label: {row["method"]: row for row in r["summary"]} for label, r in res.items()}
     print("\n  claims, per method (auc: area under the accuracy curve; smaller = more accuracy lost)")
     for m in cfg.methods:
@@ -142,19 +144,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="synthetic training epochs [dataset default]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-mnist", action="store_true")
+    ap.add_argument("--methods", default=None, help="comma-separated saliency methods [mask-eval's 7 defaults]")
     ap.add_argument("--legacy", action="store_true",
                     help="also evaluate MNIST with sgtool 0.1's settings and print the AUCs side by side")
     args = ap.parse_args()
 
     from sgtool.config import MaskEvalConfig, resolve_mask_eval
 
+    methods = {} if args.methods is None else {"methods": tuple(args.methods.split(","))}
     t0 = time.perf_counter()
     if not args.skip_mnist:
         mnist_part(args, resolve_mask_eval(MaskEvalConfig(limit=args.limit, data_dir=args.data_dir,
-                                                          device=args.device), "mnist"))
+                                                          device=args.device, **methods), "mnist"))
         print()
     synthetic_part(args, resolve_mask_eval(MaskEvalConfig(limit=args.synthetic_limit or args.limit,
-                                                          device=args.device), "synthetic"))
+                                                          device=args.device, **methods), "synthetic"))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -54,3 +54,15 @@ def record_model_inputs(monkeypatch, module_name: str = "sgtool.evaluate.mask_ev
 
     monkeypatch.setattr(module, "load_model", load)
     return seen
+
+
+def train_standard_and_sgt(runs_dir: Path, *args: str) -> list[str]:
+    """Train a standard and an SGT run through the CLI with `args` into runs_dir; their ids, sorted."""
+    from typer.testing import CliRunner
+
+    from sgtool.cli import app
+
+    for trainer in ("standard", "sgt"):
+        r = CliRunner().invoke(app, ["train", *args, "--trainer", trainer, "--runs-dir", str(runs_dir)])
+        assert r.exit_code == 0, r.output
+    return sorted(p.name for p in runs_dir.iterdir())

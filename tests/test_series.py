@@ -18,6 +18,7 @@ from sgtool.evaluate.tsr import tsr
 from sgtool.models import build, models_for
 from sgtool.saliency import SALIENCY, needs_cudnn_off
 from sgtool.sgt import SGTLoss
+from tests.conftest import train_standard_and_sgt
 from tests.toys import ToySeries
 
 runner = CliRunner()
@@ -293,10 +294,7 @@ TINY = ["--dataset", "tsb-small-middle-box", "--model", "tcn", "--train-size", "
 
 def test_cli_train_mask_eval_explain_report(tmp_path):
     runs = ["--runs-dir", str(tmp_path / "runs")]
-    for trainer in ("standard", "sgt"):
-        r = runner.invoke(app, ["train", *TINY, "--trainer", trainer, *runs])
-        assert r.exit_code == 0, r.output
-    ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    ids = train_standard_and_sgt(tmp_path / "runs", *TINY)
     r = runner.invoke(app, ["mask-eval", *ids, "--method", "grad,tsr-grad,random", "--fractions", "0,0.5", *runs])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())

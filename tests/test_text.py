@@ -25,6 +25,7 @@ from sgtool.models import MODEL_LAYOUTS, MODELS, build, register_model
 from sgtool.saliency import SALIENCY
 from sgtool.sgt import SGTLoss
 from sgtool.train import train_run
+from tests.conftest import train_standard_and_sgt
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -338,11 +339,8 @@ def test_synthetic_text_plants_its_class_words():
 
 def test_cli_text_train_mask_eval_explain_report(tmp_path):
     runs = ["--runs-dir", str(tmp_path / "runs")]
-    for trainer in ("standard", "sgt"):
-        r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--trainer", trainer, "--train-size", "200",
-                                "--test-size", "40", "--epochs", "1", "--width", "8", *runs])
-        assert r.exit_code == 0, r.output
-    ids = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    ids = train_standard_and_sgt(tmp_path / "runs", "--dataset", "synthetic-text", "--train-size", "200",
+                                 "--test-size", "40", "--epochs", "1", "--width", "8")
     r = runner.invoke(app, ["mask-eval", *ids, "--method", "grad,random", "--random-seeds", "2", *runs])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
