@@ -289,6 +289,7 @@ def runs(runs_dir: RunsDir = None):
     # the whole id and status
     t = table("id", "dataset", "model", "trainer", "epoch", "test\nacc", "status",
               numbers=("id", "epoch", "test\nacc"), min_widths={"status": 11, "trainer": 8})
+    t.pad_edge = False  # two more columns for the text: 80 columns hold "tsb-middle-box" and "interrupted"
     for r in found:
         c = r["config"]
         if r["status"] == "corrupt":

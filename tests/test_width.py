@@ -18,6 +18,9 @@ def run80(*args):
     # table lines (prose lines may run on: they wrap in the terminal and hold no cut numbers)
     too_wide = [line for line in r.output.splitlines() if len(line) > 80 and any(c in line for c in "┃│┏┡└")]
     assert not too_wide, "\n".join(too_wide)
+    # a table wider than the terminal is cropped at 80: its right border is lost
+    cropped = [line for line in r.output.splitlines() if line[:1] in "┏┃┡│└" and line.rstrip()[-1:] not in "┓┃┩│┘"]
+    assert not cropped, "\n".join(cropped)
     assert "…" not in r.output, [line for line in r.output.splitlines() if "…" in line]
     return r.output
 
@@ -39,7 +42,7 @@ def printed(output: str) -> set[str]:
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs80")
     common = ["--runs-dir", root, "--epochs", "1"]
-    for args in (["--dataset", "synthetic", "--model", "mlp", "--train-size", "128", "--test-size", "32"],
+    for args in (["--dataset", "synthetic", "--model", "small-cnn", "--train-size", "128", "--test-size", "32"],
                  ["--dataset", "tsb-middle-box", "--model", "tcn", "--width", "4", "--train-size", "64",
                   "--test-size", "16"],
                  ["--dataset", "synthetic-text", "--width", "4", "--train-size", "100", "--test-size", "16"]):
@@ -105,7 +108,7 @@ def test_report_and_sweep_tables(store, tmp_path):
         rows = list(csv.DictReader(open(p / "metrics.csv")))
         assert f"{float(rows[-1]['test_acc']):.3f}" in out
     exp = tmp_path / "e.yaml"
-    exp.write_text("tiny:\n  train: {dataset: synthetic, model: mlp, trainer: [standard, sgt], train_size: 128,\n"
+    exp.write_text("tiny:\n  train: {dataset: synthetic, model: small-cnn, trainer: [standard, sgt], train_size: 128,\n"
                    "          test_size: 32, epochs: 1}\n")
     out = run80("sweep", exp, "--dry-run", "--runs-dir", store)
     assert "cached" in out
