@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/mask_eval_speed.py
 	$(PY) benchmarks/attack_speed.py
+	$(PY) benchmarks/ts_speed.py
+	$(PY) benchmarks/sweep_executors.py
 
 clean:
 	rm -rf .venv runs reports .pytest_cache
