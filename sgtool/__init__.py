@@ -28,7 +28,7 @@ _LAZY = {
     "SgtoolError": "errors", "UsageError": "errors",
     "find_run": "store", "list_runs": "store", "read_run": "store", "runs_root": "store",
     "select_runs": "store",
-    "train_run": "train", "load_model": "train", "accuracy": "train", "make_loss": "train",
+    "train_run": "train", "load_model": "train", "accuracy": "train", "split_scores": "train", "make_loss": "train",
     "train_step": "train",
     "tune_malloc": "process", "tune_process": "process",
     # attacks and evaluations

@@ -119,7 +119,7 @@ MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate do
 FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: fixed for ERASER with --embeddings, else tuned)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
-Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) (default: val for ERASER, else last)")]
+Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) | val-loss (the lowest validation NLL) (default: val-loss for ERASER, else last)")]
 Recipe = Annotated[str | None, typer.Option("--recipe", help="authors: the SGT authors' MNIST training (batch 512, Adadelta 1.0 without a schedule, 100 epochs, the best test epoch kept)")]
 Augment = Annotated[str | None, typer.Option("--augment", help="images: crop-flip | none (default: crop-flip for cifar10, else none)")]
 DataVersion = Annotated[int | None, typer.Option("--data-version", help="synthetic: 2 (the default) or 1 (sgtool 0.1's task)")]

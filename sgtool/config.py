@@ -32,7 +32,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # without a schedule, 100 epochs, and the weights of the epoch with the best test accuracy kept.
 RECIPES = {"authors": dict(batch_size=512, optimizer="adadelta", lr=1.0, epochs=100)}
 OPTIMIZERS = ("adadelta", "sgd", "adam")
-SELECTS = ("last", "val")
+# last: the final epoch; val: the best validation accuracy; val-loss: the lowest validation NLL
+SELECTS = ("last", "val", "val-loss")
 SALIENCY_PASSES = ("eval", "shared")
 ADV_ATTACKS = ("pgd", "fgsm")
 DEVICES = ("auto", "cpu", "cuda")
@@ -272,8 +273,8 @@ def validate(cfg: TrainConfig) -> None:
         raise unknown_name("test split", cfg.test_split, ("test", "val"))
     if cfg.select is not None and cfg.select not in SELECTS:
         raise unknown_name("epoch selection", cfg.select, SELECTS)
-    if cfg.select == "val" and (cfg.recipe == "authors" or cfg.test_split == "val"):
-        raise UsageError("--select val keeps the epoch with the best validation accuracy; it cannot be combined "
+    if cfg.select in ("val", "val-loss") and (cfg.recipe == "authors" or cfg.test_split == "val"):
+        raise UsageError(f"--select {cfg.select} keeps an epoch chosen on the validation split; it cannot be combined "
                          "with " + ("--recipe authors (which keeps the best test epoch)" if cfg.recipe == "authors"
                                     else "--test-split val (the validation split would then be the test split)")
                          + "; use --select last")

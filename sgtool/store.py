@@ -80,10 +80,11 @@ def write_yaml(path: Path, obj) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Tidy rows (list of dicts with the same keys) -> CSV, atomically."""
+    """Tidy rows (list of dicts) -> CSV, atomically. The columns are every key in first-seen
+    order: a run resumed by a newer sgtool may log a column its first epochs lack (left empty)."""
     buf = io.StringIO()
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(path, buf.getvalue())

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import socket
 import time
 from datetime import datetime, timezone
 
 import torch
+import torch.nn.functional as F
 
 from . import __version__
 from .config import TrainConfig, config_hash, to_dict
@@ -166,19 +168,29 @@ def length_batches(x: torch.Tensor, batch_size: int, pad_id: int = 0):
 
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> float:
-    """Top-1 accuracy of model (eval mode) on tensors x (N, ...), y (N,). Token ids go in batches
-    of similar length, at most 64 documents (a long review's activations are large)."""
+    """Top-1 accuracy of model (eval mode) on tensors x (N, ...), y (N,)."""
+    return split_scores(model, x, y, batch_size, device)["acc"]
+
+
+@torch.no_grad()
+def split_scores(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> dict:
+    """Top-1 accuracy and mean cross-entropy (NLL) of model in eval mode on x (N, ...), y (N,).
+    Token ids go in batches of similar length, at most 64 documents (a long review's activations
+    are large)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     pad = getattr(model, "pad_id", 0)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = not x.is_floating_point() and x.dim() == 2
     for idx in length_batches(x, 64 if tokens else batch_size, pad):
-        logits = model(trim(x[idx], pad).to(device))
-        correct += (logits.argmax(1) == y[idx].to(device)).sum()
+        logits, t = model(trim(x[idx], pad).to(device)), y[idx].to(device)  # (b, classes), (b,)
+        correct += (logits.argmax(1) == t).sum()
+        nll += F.cross_entropy(logits.float(), t, reduction="sum").double()
     model.train(was_training)
-    return correct.item() / max(len(x), 1)
+    n = max(len(x), 1)
+    return {"acc": correct.item() / n, "loss": nll.item() / n}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -218,8 +230,9 @@ def check_data(cfg: TrainConfig, data) -> None:
     from .layout import n_masked
 
     spec = get_dataset(cfg.dataset, cfg.data_dir)
-    if cfg.select == "val" and "x_val" not in data.extras:
-        raise SgtoolError(f"--select val needs a validation split, and {cfg.dataset} has none; use --select last")
+    if cfg.select in ("val", "val-loss") and "x_val" not in data.extras:
+        raise SgtoolError(f"--select {cfg.select} needs a validation split, and {cfg.dataset} has none; "
+                          "use --select last")
     x, valid = data.x_train, data.valid_train
     if cfg.trainer == "standard" or (valid is None and spec.layout != "tokens"):
         return
@@ -332,11 +345,17 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
         pad = getattr(model, "pad_id", 0)
         augment = AUGMENTATIONS.get(cfg.augment or "none")
         # Which epoch's weights the run keeps: the authors' recipe keeps the best test epoch (as
-        # their train_MNIST.py), --select val the best validation epoch, otherwise the last one.
-        select_val = cfg.select == "val"
+        # their train_MNIST.py), --select val the best validation accuracy, --select val-loss the
+        # lowest validation NLL, otherwise the last epoch. score(row): higher is better.
+        select_val = cfg.select in ("val", "val-loss")
         keep_best = cfg.recipe == "authors" or select_val
-        crit = "val_acc" if select_val else "test_acc"
-        best = max((float(r[crit]) for r in rows), default=-1.0)
+        crit = {"val": "val_acc", "val-loss": "val_loss"}.get(cfg.select, "test_acc")
+        sign = -1.0 if crit == "val_loss" else 1.0
+
+        def score(r: dict) -> float:
+            return sign * float(r[crit])
+
+        best = max((score(r) for r in rows), default=-math.inf)
         params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         tokens = not xtr.is_floating_point() and xtr.dim() == 2
         lengths = (xtr != pad).sum(1) if tokens else None
@@ -390,13 +409,13 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
                     row = {"epoch": epoch, "train_loss": round(s[0] / n, 6), "train_ce": round(s[1] / n, 6),
                            "train_kl": round(s[2] / n, 6), "train_acc": round(s[3] / n, 6)}
                     if select_val:
-                        row["val_acc"] = round(accuracy(model, data.extras["x_val"], data.extras["y_val"],
-                                                        device=device), 6)
+                        val = split_scores(model, data.extras["x_val"], data.extras["y_val"], device=device)
+                        row.update(val_acc=round(val["acc"], 6), val_loss=round(val["loss"], 6))
                     row.update(test_acc=round(test_acc, 6), seconds=round(time.time() - t0, 3))
                     rows.append(row)
                     write_csv(run_dir / METRICS, rows)
-                    if keep_best and row[crit] > best:  # strictly better, as the authors' is_best
-                        best = row[crit]
+                    if keep_best and score(row) > best:  # strictly better, as the authors' is_best
+                        best = score(row)
                         save_tensors(run_dir / BEST, model.state_dict(), metadata={"epoch": str(epoch)})
                     save_checkpoint(run_dir, model, opt, sched, epoch, {"cpu": torch.get_rng_state()})
                     write_json(run_dir / RUN, _meta("running", started, time.time() - t_start, id=rid, epoch=epoch))
@@ -416,7 +435,7 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
             if keep_best and (run_dir / BEST).is_file():
                 model.load_state_dict(load_tensors(run_dir / BEST))
                 # the kept epoch: the first with the best criterion (as the strict > above)
-                kept = max(rows, key=lambda r: (float(r[crit]), -int(r["epoch"])))
+                kept = max(rows, key=lambda r: (score(r), -int(r["epoch"])))
                 test_acc = float(kept["test_acc"])
             else:
                 test_acc = float(rows[-1]["test_acc"])

@@ -353,10 +353,13 @@ def test_cli_text_train_mask_eval_explain_report(tmp_path):
     assert r.exit_code == 0 and "Table 1 (text)" in r.output and "plausibility" in r.output
 
 
-def test_eraser_runs_keep_the_best_validation_epoch(tmp_path, monkeypatch):
-    """ERASER's default --select val: metrics gain val_acc, the run keeps the weights of the first
-    epoch with the best val accuracy, and reports that epoch's test accuracy. The accuracies are
-    scripted, so that the best val epoch (2) is neither the best test epoch (3) nor the last."""
+@pytest.mark.parametrize("select, epoch, test_acc", [(None, "1", 0.3), ("val-loss", "1", 0.3), ("val", "2", 0.4)])
+def test_eraser_runs_keep_the_best_validation_epoch(tmp_path, monkeypatch, select, epoch, test_acc):
+    """ERASER's default --select val-loss keeps the first epoch with the lowest validation NLL;
+    --select val the first with the best validation accuracy. Both log val_acc and val_loss, keep
+    that epoch's weights and report its test accuracy. The scores are scripted so that the two
+    picks differ (val-loss 1, val 2), neither is the best test epoch (3) nor the last (4), and
+    each criterion ties with epoch 4, which must lose to the earlier epoch."""
     import csv
 
     from safetensors import safe_open
@@ -365,33 +368,42 @@ def test_eraser_runs_keep_the_best_validation_epoch(tmp_path, monkeypatch):
     import sgtool.train as train_mod
 
     movies_like(tmp_path)
-    script = {"val": iter([0.2, 0.9, 0.5, 0.9]), "test": iter([0.3, 0.4, 0.8, 0.1])}
-    real = train_mod.accuracy
-    monkeypatch.setattr(train_mod, "accuracy", lambda model, x, y, **kw: (real(model, x, y, **kw), next(
-        script["val" if x is data_seen["val"] else "test"]))[1])
+    script = {"acc": iter([0.2, 0.9, 0.5, 0.9]), "loss": iter([0.3, 0.5, 0.4, 0.3]),
+              "test": iter([0.3, 0.4, 0.8, 0.1])}
+    real = train_mod.split_scores
+
+    def scripted(model, x, y, *a, **kw):
+        real(model, x, y, *a, **kw)  # the real pass still runs
+        if x is data_seen["val"]:
+            return {"acc": next(script["acc"]), "loss": next(script["loss"])}
+        return {"acc": next(script["test"]), "loss": 9.0}
+
+    monkeypatch.setattr(train_mod, "split_scores", scripted)
     data_seen = {}
     real_load = train_mod.load_data
     monkeypatch.setattr(train_mod, "load_data", lambda *a, **kw: data_seen.update(
         val=(d := real_load(*a, **kw)).extras["x_val"]) or d)
     cfg = make_config(dataset="eraser-movies", trainer="standard", epochs=4, width=4, data_dir=str(tmp_path),
-                      runs_dir=str(tmp_path / "runs"))
-    assert cfg.select == "val" and make_config(dataset="synthetic-text").select is None
+                      runs_dir=str(tmp_path / "runs"), select=select)
+    assert cfg.select == (select or "val-loss") and make_config(dataset="synthetic-text").select is None
     res = train_run(cfg)
     run = res["dir"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["val_acc"] for r in rows] == ["0.2", "0.9", "0.5", "0.9"]
+    assert [r["val_loss"] for r in rows] == ["0.3", "0.5", "0.4", "0.3"]
     with safe_open(str(run / "best.safetensors"), "pt") as f:
-        assert f.metadata()["epoch"] == "2"
+        assert f.metadata()["epoch"] == epoch
     final, best = load_file(run / "model.safetensors"), load_file(run / "best.safetensors")
     assert all(torch.equal(final[k], best[k]) for k in final)
-    assert res["test_acc"] == 0.4 and json.loads((run / "run.json").read_text())["test_acc"] == 0.4
+    assert res["test_acc"] == test_acc and json.loads((run / "run.json").read_text())["test_acc"] == test_acc
     monkeypatch.undo()
-    # --select val with the validation split as the test split is refused; --test-split val alone is fine
-    with pytest.raises(UsageError, match="--select val"):
-        make_config(dataset="eraser-movies", select="val", test_split="val", data_dir=str(tmp_path))
+    # selecting on the validation split with it as the test split is refused; --test-split val alone is fine
+    sel = select or "val-loss"
+    with pytest.raises(UsageError, match=f"--select {sel} keeps an epoch chosen on the validation split"):
+        make_config(dataset="eraser-movies", select=sel, test_split="val", data_dir=str(tmp_path))
     assert make_config(dataset="eraser-movies", test_split="val", data_dir=str(tmp_path)).select == "last"
-    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--select", "val", "--runs-dir", str(tmp_path / "r2")])
-    assert r.exit_code == 1 and "--select val needs a validation split" in r.output
+    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--select", sel, "--runs-dir", str(tmp_path / "r2")])
+    assert r.exit_code == 1 and f"--select {sel} needs a validation split" in r.output
     assert not (tmp_path / "r2").exists()
 
 

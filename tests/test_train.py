@@ -333,3 +333,30 @@ def test_gpu_suite_runs_on_the_cpu_in_smoke_mode(shared_data):
     for row in ("mnist-cnn b8 SGT", "resnet20 b4 ASGT", "authors' SGT step", "mask-eval ig", "bf16 SGT masks",
                 "PGD-3"):
         assert row in out, out
+
+
+def test_metrics_csv_keeps_a_column_that_later_rows_add(tmp_path):
+    """A run resumed by a newer sgtool may log a column (val_loss) its first epochs lack: the CSV
+    has every column, in first-seen order, and the old rows leave the new one empty."""
+    from sgtool.store import read_csv, write_csv
+
+    write_csv(tmp_path / "m.csv", [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6, "val_loss": 0.4}])
+    assert read_csv(tmp_path / "m.csv") == [{"epoch": "1", "val_acc": "0.5", "val_loss": ""},
+                                            {"epoch": "2", "val_acc": "0.6", "val_loss": "0.4"}]
+
+
+def test_split_scores_are_the_mean_nll_and_accuracy_over_all_batches():
+    """split_scores (the validation row of --select val-loss) averages the cross-entropy over the
+    whole split, whatever the batching, and leaves the model in the mode it found it in."""
+    from sgtool.train import split_scores
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5))
+    x, y = torch.randn(10, 5), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    model.eval()
+    logits = model(x)
+    model.train()
+    got = split_scores(model, x, y, batch_size=3)  # batches of 3, 3, 3, 1
+    assert model.training
+    assert got["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert got["acc"] == (logits.argmax(1) == y).sum().item() / 10
