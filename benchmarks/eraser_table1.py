@@ -3,7 +3,7 @@
 SmoothGrad for a BiLSTM trained traditionally and with saliency guided training, and random.
 
     python benchmarks/eraser_table1.py --data-dir DATA --runs-dir RUNS [--seeds 0,1,2]
-                                       [--epochs N] [--speed] [--report-only]
+                                       [--epochs N] [--select S] [--speed] [--report-only]
 
 1. Every (trainer, seed) run is trained into RUNS with sgtool's eraser-movies defaults and the
    GloVe subset (--embeddings), then ERASER-evaluated on the 199 test documents (grad, ig,
@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--runs-dir", required=True)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=None, help="[the dataset's default]")
+    ap.add_argument("--select", default=None,
+                    help="the epoch each run keeps: [the dataset's default, val-loss], or val (the table of sgtool "
+                         "before --select val-loss)")
     ap.add_argument("--embeddings", default=GLOVE, help=f"[{GLOVE}, under --data-dir]")
     ap.add_argument("--speed", action="store_true", help="also time an epoch of each, side by side")
     ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
@@ -96,13 +99,13 @@ def main() -> None:
     root = runs_root(args.runs_dir)
     ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
-    print("\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT):")
+    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or 'val-loss'}):")
     # vals[(metric, method, trainer)] = one value per seed
     vals: dict[tuple, list[float]] = {}
     acc: dict[str, list[float]] = {}
     for seed in seeds:
         for trainer in ("standard", "sgt"):
-            cfg = make_config(dataset="eraser-movies", trainer=trainer, seed=seed, epochs=args.epochs,
+            cfg = make_config(dataset="eraser-movies", trainer=trainer, seed=seed, epochs=args.epochs, select=args.select,
                               embeddings=args.embeddings, data_dir=args.data_dir, runs_dir=args.runs_dir)
             if args.report_only and not (root / config_hash(cfg) / "model.safetensors").is_file():
                 continue
