@@ -32,8 +32,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # without a schedule, 100 epochs, and the weights of the epoch with the best test accuracy kept.
 RECIPES = {"authors": dict(batch_size=512, optimizer="adadelta", lr=1.0, epochs=100)}
 OPTIMIZERS = ("adadelta", "sgd", "adam")
-# last: the final epoch; val: the best validation accuracy; val-loss: the lowest validation NLL
-SELECTS = ("last", "val", "val-loss")
+# The epoch a run keeps: last, or the best on the validation split by a metrics.csv column
+# (val: the highest val_acc; val-loss: the lowest val_loss).
+VAL_SELECTS = {"val": "val_acc", "val-loss": "val_loss"}
+SELECTS = ("last", *VAL_SELECTS)
 SALIENCY_PASSES = ("eval", "shared")
 ADV_ATTACKS = ("pgd", "fgsm")
 DEVICES = ("auto", "cpu", "cuda")
@@ -273,7 +275,7 @@ def validate(cfg: TrainConfig) -> None:
         raise unknown_name("test split", cfg.test_split, ("test", "val"))
     if cfg.select is not None and cfg.select not in SELECTS:
         raise unknown_name("epoch selection", cfg.select, SELECTS)
-    if cfg.select in ("val", "val-loss") and (cfg.recipe == "authors" or cfg.test_split == "val"):
+    if cfg.select in VAL_SELECTS and (cfg.recipe == "authors" or cfg.test_split == "val"):
         raise UsageError(f"--select {cfg.select} keeps an epoch chosen on the validation split; it cannot be combined "
                          "with " + ("--recipe authors (which keeps the best test epoch)" if cfg.recipe == "authors"
                                     else "--test-split val (the validation split would then be the test split)")

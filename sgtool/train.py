@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .config import TrainConfig, config_hash, to_dict
+from .config import VAL_SELECTS, TrainConfig, config_hash, to_dict
 from .data import get_dataset, load
 from .errors import SgtoolError
 from .models import build
@@ -230,7 +230,7 @@ def check_data(cfg: TrainConfig, data) -> None:
     from .layout import n_masked
 
     spec = get_dataset(cfg.dataset, cfg.data_dir)
-    if cfg.select in ("val", "val-loss") and "x_val" not in data.extras:
+    if cfg.select in VAL_SELECTS and "x_val" not in data.extras:
         raise SgtoolError(f"--select {cfg.select} needs a validation split, and {cfg.dataset} has none; "
                           "use --select last")
     x, valid = data.x_train, data.valid_train
@@ -347,9 +347,9 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
         # Which epoch's weights the run keeps: the authors' recipe keeps the best test epoch (as
         # their train_MNIST.py), --select val the best validation accuracy, --select val-loss the
         # lowest validation NLL, otherwise the last epoch. score(row): higher is better.
-        select_val = cfg.select in ("val", "val-loss")
+        select_val = cfg.select in VAL_SELECTS
         keep_best = cfg.recipe == "authors" or select_val
-        crit = {"val": "val_acc", "val-loss": "val_loss"}.get(cfg.select, "test_acc")
+        crit = VAL_SELECTS.get(cfg.select, "test_acc")
         sign = -1.0 if crit == "val_loss" else 1.0
 
         def score(r: dict) -> float:
