@@ -174,23 +174,24 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, de
 
 @torch.no_grad()
 def split_scores(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> dict:
-    """Top-1 accuracy and mean cross-entropy (NLL) of model in eval mode on x (N, ...), y (N,).
-    Token ids go in batches of similar length, at most 64 documents (a long review's activations
-    are large)."""
+    """Top-1 accuracy, mean cross-entropy (NLL) and which samples were right ("correct", (N,) bool
+    on the CPU, in x's order: for paired comparisons of two models) of model in eval mode on
+    x (N, ...), y (N,). Token ids go in batches of similar length, at most 64 documents (a long
+    review's activations are large)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     pad = getattr(model, "pad_id", 0)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    hits = torch.zeros(len(x), dtype=torch.bool, device=device)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = not x.is_floating_point() and x.dim() == 2
     for idx in length_batches(x, 64 if tokens else batch_size, pad):
         logits, t = model(trim(x[idx], pad).to(device)), y[idx].to(device)  # (b, classes), (b,)
-        correct += (logits.argmax(1) == t).sum()
+        hits[idx.to(device)] = logits.argmax(1) == t
         nll += F.cross_entropy(logits.float(), t, reduction="sum").double()
     model.train(was_training)
     n = max(len(x), 1)
-    return {"acc": correct.item() / n, "loss": nll.item() / n}
+    return {"acc": hits.sum().item() / n, "loss": nll.item() / n, "correct": hits.cpu()}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -491,3 +491,28 @@ def test_sgt_shares_the_token_models_trunk_with_the_same_numbers(name, monkeypat
     assert ga.keys() == gb.keys() and len(ga) > 3
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=0, atol=0, msg=k)
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_eraser_table1_paired_interval_resamples_documents_and_then_seeds():
+    """benchmarks/eraser_table1.py's interval of SGT-minus-standard accuracy: a sure gain has a
+    point interval; seeds that disagree widen it only when seeds are resampled; and a half-and-half
+    gain over 400 documents has the binomial width (2 x 1.96 x sqrt(.25 / 400) = 0.098)."""
+    paired_interval = _benchmark("eraser_table1").paired_interval
+    assert paired_interval(torch.ones(3, 50)) == (1.0, 1.0)
+    split = torch.stack([-torch.ones(50), torch.ones(50)])  # seed 0 loses everywhere, seed 1 gains
+    assert paired_interval(split) == (0.0, 0.0)
+    lo, hi = paired_interval(split, seeds_too=True)
+    assert lo == -1.0 and hi == 1.0
+    half = (torch.arange(400) % 2).float()[None]  # (1, 400)
+    lo, hi = paired_interval(half)
+    assert lo < 0.5 < hi and 0.08 < hi - lo < 0.12

@@ -360,3 +360,21 @@ def test_split_scores_are_the_mean_nll_and_accuracy_over_all_batches():
     assert model.training
     assert got["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
     assert got["acc"] == (logits.argmax(1) == y).sum().item() / 10
+    assert torch.equal(got["correct"], logits.argmax(1) == y)  # per sample, in x's order
+
+
+def test_split_scores_marks_each_document_in_its_own_place():
+    """Token ids are batched longest first; "correct" must still follow x's order."""
+    from sgtool.train import split_scores
+
+    class FirstToken(nn.Module):  # predicts class = the first token's id mod 2
+        pad_id = 0
+
+        def forward(self, ids):
+            return nn.functional.one_hot(ids[:, 0] % 2, 2).float()
+
+    x = torch.tensor([[3, 0, 0, 0], [2, 5, 5, 5], [1, 4, 0, 0], [4, 4, 4, 0]])  # lengths 1, 4, 2, 3
+    y = torch.tensor([1, 1, 1, 1])
+    got = split_scores(FirstToken(), x, y, device="cpu")
+    assert got["correct"].tolist() == [True, False, True, False]
+    assert got["acc"] == 0.5
