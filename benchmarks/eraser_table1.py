@@ -109,8 +109,8 @@ def speed(args) -> None:
     perm = bucketed(torch.randperm(len(x)), (x != pad).sum(1), bs)
     seconds = {t: 0.0 for t in state}
     steps = perm.split(bs)
-    print(f"\n3. one epoch of Movies ({len(x)} documents, {len(steps)} batches of {bs}), standard and SGT "
-          f"alternating per batch:")
+    print(f"\n3. one epoch of Movies ({len(x)} documents, {len(steps)} batches of {bs}),\n"
+          f"   standard and SGT alternating per batch:")
     t_all = time.perf_counter()
     for i, idx in enumerate(steps):
         xb = trim(x[idx], pad)
@@ -121,8 +121,8 @@ def speed(args) -> None:
             train_step(model, opt, loss_fn, xb, y[idx], vb)
             seconds[t] += time.perf_counter() - t0
     print(f"  standard {seconds['standard']:6.1f} s/epoch   sgt {seconds['sgt']:6.1f} s/epoch   "
-          f"ratio {seconds['sgt'] / seconds['standard']:.2f} (target <= 2.7)   "
-          f"[{time.perf_counter() - t_all:.0f} s wall]")
+          f"[{time.perf_counter() - t_all:.0f} s wall]\n"
+          f"  ratio {seconds['sgt'] / seconds['standard']:.2f} (target <= 2.7)")
 
 
 def main() -> None:
@@ -172,11 +172,13 @@ def main() -> None:
             secs = " ".join(f"{m} {s:.0f}" for m, s in ev["seconds"].items())
             print(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
                   + ("" if res["already"] else f", trained in {train_s:.0f} s"))
-            print(f"    ERASER evaluation, seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
-                  f"total {sum(ev['seconds'].values()):.0f} s")
+            print(f"    ERASER seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
+                  f"total {sum(ev['seconds'].values()):.0f}")
 
-    print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, seeds {seeds}: sgtool standard / SGT vs the paper")
-    print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   SGT better: ours / paper")
+    print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, mean ± std over seeds {','.join(map(str, seeds))}:")
+    print("   sgtool's standard / SGT beside the paper's traditional / saliency guided;")
+    print("   better?: does SGT beat standard, in ours / in the paper's")
+    print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   better?")
     agree, total = 0, 0
     for metric, better in (("comprehensiveness", 1), ("sufficiency", -1)):
         arrow = "↑" if better > 0 else "↓"
@@ -194,13 +196,14 @@ def main() -> None:
             verdict = ("yes" if ours else "no") if std and sgt else "-"  # "-": a trainer has no run yet
             print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper[0]:.3f}/{paper[1]:.3f}   "
                   f"{verdict:>3} / yes")
+    targets = {"standard": ">= 0.85", "sgt": "within 0.01 of standard"}
     for t in ("standard", "sgt"):
         if acc.get(t):
-            print(f"  test accuracy {t}: {fmt(acc[t])} (target: standard >= 0.85, SGT within 0.01)")
+            print(f"  test accuracy {t + ':':<9} {fmt(acc[t])} (target: {targets[t]})")
     paired_accuracy(correct)
     if total:
-        print(f"\nThe paper's claim (under SGT comprehensiveness rises and sufficiency falls, for Grad, IG "
-              f"and SmoothGrad) holds for {agree} of {total} cells.")
+        print(f"\nThe paper's claim (under SGT comprehensiveness rises and sufficiency falls, for\n"
+              f"Grad, IG and SmoothGrad) holds for {agree} of {total} cells.")
     if args.speed:
         speed(args)
 
