@@ -159,7 +159,7 @@ def main() -> None:
             train_s = time.perf_counter() - t0
             ev = mask_eval(find_run(root, res["id"]), ecfg)
             acc.setdefault(trainer, []).append(res["test_acc"])
-            data = data or load_data(cfg)
+            data = data if data is not None else load_data(cfg)  # one vocabulary: the runs share it
             model, _ = load_model(find_run(root, res["id"]), data=data)
             correct.setdefault(seed, {})[trainer] = split_scores(model, data.x_test, data.y_test)["correct"]
             # metrics.csv keeps 6 decimals: a different model is off by a whole document (1/199)
