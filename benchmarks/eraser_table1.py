@@ -157,10 +157,11 @@ def main() -> None:
             t0 = time.perf_counter()
             res = train_run(cfg)
             train_s = time.perf_counter() - t0
-            ev = mask_eval(find_run(root, res["id"]), ecfg)
+            run = find_run(root, res["id"])
+            ev = mask_eval(run, ecfg)
             acc.setdefault(trainer, []).append(res["test_acc"])
             data = data if data is not None else load_data(cfg)  # one vocabulary: the runs share it
-            model, _ = load_model(find_run(root, res["id"]), data=data)
+            model, _ = load_model(run, data=data)
             correct.setdefault(seed, {})[trainer] = split_scores(model, data.x_test, data.y_test)["correct"]
             # metrics.csv keeps 6 decimals: a different model is off by a whole document (1/199)
             if abs(correct[seed][trainer].float().mean().item() - res["test_acc"]) > 0.5 / len(data.y_test):
