@@ -78,7 +78,10 @@ def test_a_killed_local_job_resumes(tmp_path):
     (cell,) = sweep.plan(grid, runs_dir=str(runs))
     metrics = runs / cell.run_id / "metrics.csv"
     deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+    # Wait for epoch 1's checkpoint, written just after its metrics row: a kill between the two
+    # leaves nothing to resume from, and the rerun rightly trains from the start.
+    ckpt = runs / cell.run_id / "checkpoint.json"
+    while not (ckpt.is_file() and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
         assert time.time() < deadline and p.poll() is None, p.stdout.read() if p.poll() is not None else "timeout"
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL)  # the sweep and its job, mid-training
