@@ -3,7 +3,8 @@
 SmoothGrad for a BiLSTM trained traditionally and with saliency guided training, and random.
 
     python benchmarks/eraser_table1.py --data-dir DATA --runs-dir RUNS [--seeds 0,1,2]
-                                       [--epochs N] [--select S] [--speed] [--report-only]
+                                       [--epochs N] [--select S] [--oov R] [--speed]
+                                       [--report-only] [--accuracy-only]
 
 1. Every (trainer, seed) run is trained into RUNS with sgtool's eraser-movies defaults and the
    GloVe subset (--embeddings), then ERASER-evaluated on the 199 test documents (grad, ig,
@@ -17,6 +18,7 @@ SmoothGrad for a BiLSTM trained traditionally and with saliency guided training,
    batches in the same order, each batch stepped by both models in turn (alternating which
    goes first), so that the machine's noise hits both alike. Prints each epoch's seconds and
    the ratio (target <= 2.7 on 2 cores).
+--accuracy-only skips the ERASER evaluation and the table: the runs' accuracies alone.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def main() -> None:
                     help="the epoch each run keeps: [the dataset's default, val-loss], or val (the table of sgtool "
                          "before --select val-loss)")
     ap.add_argument("--embeddings", default=GLOVE, help=f"[{GLOVE}, under --data-dir]")
+    ap.add_argument("--oov", default=None, help="the vectors of words the file lacks: [random] or unk")
+    ap.add_argument("--accuracy-only", action="store_true", help="no ERASER evaluation: accuracy alone")
     ap.add_argument("--speed", action="store_true", help="also time an epoch of each, side by side")
     ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
     args = ap.parse_args()
@@ -142,7 +146,8 @@ def main() -> None:
     root = runs_root(args.runs_dir)
     ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
-    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or 'val-loss'}):")
+    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or 'val-loss'},\n"
+          f"   --oov {args.oov or 'random'}):")
     # vals[(metric, method, trainer)] = one value per seed
     vals: dict[tuple, list[float]] = {}
     acc: dict[str, list[float]] = {}
@@ -151,14 +156,15 @@ def main() -> None:
     for seed in seeds:
         for trainer in ("standard", "sgt"):
             cfg = make_config(dataset="eraser-movies", trainer=trainer, seed=seed, epochs=args.epochs, select=args.select,
-                              embeddings=args.embeddings, data_dir=args.data_dir, runs_dir=args.runs_dir)
+                              embeddings=args.embeddings, oov=args.oov, data_dir=args.data_dir,
+                              runs_dir=args.runs_dir)
             if args.report_only and not (root / config_hash(cfg) / "model.safetensors").is_file():
                 continue
             t0 = time.perf_counter()
             res = train_run(cfg)
             train_s = time.perf_counter() - t0
             run = find_run(root, res["id"])
-            ev = mask_eval(run, ecfg)
+            ev = None if args.accuracy_only else mask_eval(run, ecfg)
             acc.setdefault(trainer, []).append(res["test_acc"])
             data = data if data is not None else load_data(cfg)  # one vocabulary: the runs share it
             model, _ = load_model(run, data=data)
@@ -167,21 +173,26 @@ def main() -> None:
             if abs(correct[seed][trainer].float().mean().item() - res["test_acc"]) > 0.5 / len(data.y_test):
                 print(f"    warning: the stored model scores {correct[seed][trainer].float().mean():.3f}, "
                       f"not the {res['test_acc']:.3f} its run recorded")
+            print(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
+                  + ("" if res["already"] else f", trained in {train_s:.0f} s"))
+            if ev is None:
+                continue
             for r in ev["summary"]:
                 for metric in ("comprehensiveness", "sufficiency"):
                     vals.setdefault((metric, r["method"], trainer), []).append(float(r[metric]))
             secs = " ".join(f"{m} {s:.0f}" for m, s in ev["seconds"].items())
-            print(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
-                  + ("" if res["already"] else f", trained in {train_s:.0f} s"))
             print(f"    ERASER seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
                   f"total {sum(ev['seconds'].values()):.0f}")
 
-    print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, mean ± std over seeds {','.join(map(str, seeds))}:")
-    print("   sgtool's standard / SGT beside the paper's traditional / saliency guided;")
-    print("   better?: does SGT beat standard, in ours / in the paper's")
-    print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   better?")
     agree, total = 0, 0
-    for metric, better in (("comprehensiveness", 1), ("sufficiency", -1)):
+    if args.accuracy_only:
+        print(f"\n2. Movies, test accuracy over seeds {','.join(map(str, seeds))}:")
+    else:
+        print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, mean ± std over seeds {','.join(map(str, seeds))}:")
+        print("   sgtool's standard / SGT beside the paper's traditional / saliency guided;")
+        print("   better?: does SGT beat standard, in ours / in the paper's")
+        print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   better?")
+    for metric, better in (() if args.accuracy_only else (("comprehensiveness", 1), ("sufficiency", -1))):
         arrow = "↑" if better > 0 else "↓"
         for m in (*METHODS, "random"):
             std, sgt = vals.get((metric, m, "standard"), []), vals.get((metric, m, "sgt"), [])

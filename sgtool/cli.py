@@ -117,6 +117,7 @@ Width = Annotated[int | None, typer.Option("--width", help="series and text mode
 Embeddings = Annotated[str | None, typer.Option("--embeddings", help="text: GloVe vectors (.txt, .gz, .zip), a path or one under --data-dir")]
 MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate documents to N tokens (default: keep all)")]
 FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: fixed for ERASER with --embeddings, else tuned)")]
+Oov = Annotated[str | None, typer.Option("--oov", help="text with --embeddings: the vectors of words the file lacks, random (each its own) | unk (the mean vector, as <unk>: ERASER's) (default: random)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
 Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) | val-loss (the lowest validation NLL) (default: val-loss for ERASER, else last)")]
@@ -174,7 +175,7 @@ SELECT = {
     "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
     "width": (Width, "width"), "heads": (Heads, "heads"), "embeddings": (Embeddings, "embeddings"),
     "max_len": (MaxLen, "max_len"), "freeze_embeddings": (FreezeEmb, "freeze_embeddings"),
-    "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "select": (Select, "select"), "recipe": (Recipe, "recipe"),
+    "oov": (Oov, "oov"), "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "select": (Select, "select"), "recipe": (Recipe, "recipe"),
     "augment": (Augment, "augment"), "data_version": (DataVersion, "data_version"),
     "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
 }
@@ -211,7 +212,7 @@ def train(
     adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None,
     batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
     width: Width = None, heads: Heads = None, embeddings: Embeddings = None, max_len: MaxLen = None,
-    freeze_embeddings: FreezeEmb = None, pooling: Pooling = None, test_split: TestSplit = None,
+    freeze_embeddings: FreezeEmb = None, oov: Oov = None, pooling: Pooling = None, test_split: TestSplit = None,
     select: Select = None, recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
     train_size: TrainSize = None, test_size: TestSize = None, data_dir: DataDir = None,
     runs_dir: RunsDir = None, device: Device = None, config: ConfigFile = None,

@@ -77,6 +77,7 @@ class TrainConfig:
     embeddings_sha256: str | None = None  # filled by resolve from the file
     freeze_embeddings: bool | None = None  # None: the dataset's default (ERASER with --embeddings: frozen)
     pooling: str | None = None  # bilstm: attention | max (None: attention)
+    oov: str | None = None  # with --embeddings: the vectors of words the file lacks, random | unk (None: random)
     test_split: str = "test"  # ERASER: the split a text run is tested and evaluated on (test | val)
     # which epoch's weights the run keeps: "last", or "val" (the best validation accuracy, for
     # datasets with a val split; ERASER's default). None: the dataset's default (last).
@@ -102,7 +103,7 @@ LEGACY_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mask_
                  "lr", "optimizer", "seed", "train_size", "test_size")
 # Values of an added field that mean "as sgtool 0.1 did": such a field stays out of the hash.
 LEGACY_VALUES = {"data_version": (None, 1), "world_size": (None, 1), "select": (None, "last"),
-                 "freeze_embeddings": (None, False)}
+                 "freeze_embeddings": (None, False), "oov": (None, "random")}
 SGT_ONLY = {"mask_frac", "kl_weight", "mask_fill", "saliency_sign", "saliency_pass"}
 ASGT_ONLY = {"adv_attack", "adv_eps", "adv_steps", "adv_step_size"}
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -269,6 +270,14 @@ def validate(cfg: TrainConfig) -> None:
             raise unknown_name("augmentation", cfg.augment, AUGMENTS)
         if cfg.augment != "none" and spec.layout != "image":
             raise UsageError(f"--augment {cfg.augment} is for images; {cfg.dataset} is {spec.layout} data")
+    if cfg.oov is not None:
+        from .data.text import OOV_RULES
+
+        if cfg.oov not in OOV_RULES:
+            raise unknown_name("rule for words without a vector", cfg.oov, OOV_RULES)
+        if not cfg.embeddings:
+            raise UsageError("--oov says which vectors the words missing from --embeddings get; "
+                             "give --embeddings PATH, or leave --oov out")
     if cfg.pooling is not None and cfg.pooling not in ("attention", "max"):
         raise unknown_name("pooling", cfg.pooling, ("attention", "max"))
     if cfg.test_split not in ("test", "val"):

@@ -222,7 +222,7 @@ def data_options(cfg: TrainConfig) -> dict:
     return {**opts, "run_train_size": cfg.train_size}
 
 
-DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split")
+DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split", "oov")
 
 
 def check_data(cfg: TrainConfig, data) -> None:

@@ -166,6 +166,34 @@ def test_embeddings_initialise_known_words_and_hash_the_file(tmp_path):
     assert config_hash(c1) != config_hash(c2)
 
 
+def test_oov_unk_gives_words_without_a_vector_the_mean_vector_as_erasers_baselines_do(tmp_path):
+    root = movies_like(tmp_path)
+    g = tmp_path / "glove.txt"
+    g.write_text("great 1 2 3 4\ndull -1 -2 -1 -4\n")
+    v = load("eraser-movies", root, embeddings=str(g))
+    u = load("eraser-movies", root, embeddings=str(g), oov="unk")
+    vocab, x, y = u.extras["vocab"], v.extras["vectors"], u.extras["vectors"]
+    missing = [i for i, w in enumerate(vocab) if i > 2 and w not in ("great", "dull")]
+    assert missing and vocab[1] == "<unk>"
+    for i in (vocab.index("great"), vocab.index("dull"), 0):  # GloVe's own rows, and <pad> zero
+        assert y[i].tolist() == x[i].tolist()
+    assert y[[1, *missing]].tolist() == [[0, 0, 1, 0]] * (1 + len(missing))  # all read as <unk>
+    assert len({tuple(r) for r in x[[1, *missing]].tolist()}) == 1 + len(missing)  # random: each its own
+    c = make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root))
+    from sgtool.config import config_hash
+
+    assert config_hash(make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root), oov="random")) \
+        == config_hash(c) != config_hash(make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root),
+                                                     oov="unk"))
+    for flags, says in ((["--oov", "mean"], "unknown rule for words without a vector 'mean'; choose from: random, unk"),
+                        (["--oov", "unk", "--embeddings", ""], "--oov says which vectors the words missing from")):
+        r = runner.invoke(app, ["train", "--dataset", "eraser-movies", "--data-dir", str(root),
+                                "--runs-dir", str(tmp_path / "runs"), *(flags if "--embeddings" in flags
+                                                                        else [*flags, "--embeddings", str(g)])])
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- SGT on tokens
 
 

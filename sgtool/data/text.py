@@ -216,9 +216,14 @@ def _parse_glove(lines, path) -> tuple[dict[str, np.ndarray], int]:
     return vectors, dim
 
 
-def embedding_matrix(vocab: list[str], path: Path | None, dim: int = 50, seed: int = 0):
-    """(vectors (V, D), coverage): GloVe rows for the words it has, N(0, its std) for the rest
-    (seeded), zeros for <pad>. Without a file: all random, D = dim."""
+OOV_RULES = ("random", "unk")
+
+
+def embedding_matrix(vocab: list[str], path: Path | None, dim: int = 50, seed: int = 0, oov: str | None = None):
+    """(vectors (V, D), coverage): GloVe rows for the words it has, zeros for <pad>, and for the
+    rest (<unk> included) by `oov`: "random" (None), N(0, GloVe's std) per word (seeded); "unk",
+    the mean GloVe vector, so that with frozen vectors every such word reads as <unk>, as in
+    ERASER's baselines (model_utils.extract_embeddings). Without a file: all random, D = dim."""
     g = np.random.default_rng(seed)
     if path is None:
         m = g.normal(0, 0.3, (len(vocab), dim)).astype(np.float32)
@@ -229,6 +234,8 @@ def embedding_matrix(vocab: list[str], path: Path | None, dim: int = 50, seed: i
     m = g.normal(0, std, (len(vocab), d)).astype(np.float32)
     words = vocab[len(SPECIALS):]
     hit = [i for i, w in enumerate(words, len(SPECIALS)) if w in glove]
+    if oov == "unk":
+        m[:] = np.mean(np.stack(list(glove.values())), 0)
     for i in hit:
         m[i] = glove[vocab[i]]
     m[0] = 0
@@ -318,7 +325,7 @@ def _examples(folder: _Folder, split: str, use_query: bool) -> list[dict]:
 
 def eraser_loader(name: str, use_query: bool):
     def load(data_dir, train_size, test_size, max_len=None, embeddings=None, embeddings_sha256=None,
-             test_split="test", run_train_size=UNSET) -> Data:
+             test_split="test", oov=None, run_train_size=UNSET) -> Data:
         if test_split not in ("test", "val"):
             raise unknown_name("test split", test_split, ("test", "val"))
         folder = _Folder(name, Path(data_dir))
@@ -344,7 +351,7 @@ def eraser_loader(name: str, use_query: bool):
         if path is not None and embeddings_sha256 and file_hash(path, "sha256") != embeddings_sha256:
             raise SgtoolError(f"embeddings file {path} has changed since this run was trained; restore it, or train "
                               f"a new run")
-        vectors, coverage = embedding_matrix(vocab, path)
+        vectors, coverage = embedding_matrix(vocab, path, oov=oov)
         rationale = [sum(len(v) for v in e["gt"].values()) / max(sum(len(t) for _, t in e["docs"]), 1)
                      for e in fit if e["gt"]]
         return Data(xtr, torch.tensor([index[e["label"]] for e in train]), xte,
