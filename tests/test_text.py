@@ -175,7 +175,7 @@ def test_oov_unk_gives_words_without_a_vector_the_mean_vector_as_erasers_baselin
     vocab, x, y = u.extras["vocab"], v.extras["vectors"], u.extras["vectors"]
     missing = [i for i, w in enumerate(vocab) if i > 2 and w not in ("great", "dull")]
     assert missing and vocab[1] == "<unk>"
-    for i in (vocab.index("great"), vocab.index("dull"), 0):  # GloVe's own rows, and <pad> zero
+    for i in (vocab.index("great"), vocab.index("dull"), 0, 2):  # GloVe's rows, <pad> zero, <sep> its own
         assert y[i].tolist() == x[i].tolist()
     assert y[[1, *missing]].tolist() == [[0, 0, 1, 0]] * (1 + len(missing))  # all read as <unk>
     assert len({tuple(r) for r in x[[1, *missing]].tolist()}) == 1 + len(missing)  # random: each its own

@@ -234,10 +234,11 @@ def embedding_matrix(vocab: list[str], path: Path | None, dim: int = 50, seed: i
     m = g.normal(0, std, (len(vocab), d)).astype(np.float32)
     words = vocab[len(SPECIALS):]
     hit = [i for i, w in enumerate(words, len(SPECIALS)) if w in glove]
-    if oov == "unk":
-        m[:] = np.mean(np.stack(list(glove.values())), 0)
     for i in hit:
         m[i] = glove[vocab[i]]
+    if oov == "unk":  # <unk> and the words without a vector; <sep> keeps a vector of its own
+        have = set(hit)
+        m[[1, *(i for i in range(len(SPECIALS), len(vocab)) if i not in have)]] = np.mean(np.stack(list(glove.values())), 0)
     m[0] = 0
     return torch.from_numpy(m), len(hit) / max(len(words), 1)
 
