@@ -230,7 +230,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    from .data import get_dataset
+    from .data import get_dataset, takes_option
     from .layout import LAYOUTS
     from .models import check_fits, get_model
 
@@ -270,6 +270,8 @@ def validate(cfg: TrainConfig) -> None:
             raise unknown_name("augmentation", cfg.augment, AUGMENTS)
         if cfg.augment != "none" and spec.layout != "image":
             raise UsageError(f"--augment {cfg.augment} is for images; {cfg.dataset} is {spec.layout} data")
+    if cfg.embeddings and not takes_option(spec, "embeddings"):
+        raise UsageError(f"{cfg.dataset} does not read word vectors (its words are its own); leave out --embeddings")
     if cfg.oov is not None:
         from .data.text import OOV_RULES
 

@@ -214,6 +214,16 @@ def test_sgt_masks_document_tokens_only_on_a_pair_task(tmp_path):
     assert changed.sum(1).tolist() == [2, 3]  # floor(0.5 x 4) and floor(0.5 x 6) document tokens
 
 
+def test_word_vectors_for_a_dataset_that_cannot_read_them_are_refused_in_one_line(tmp_path):
+    g = tmp_path / "glove.txt"
+    g.write_text("w1 1 2\n")
+    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--embeddings", str(g), "--runs-dir",
+                            str(tmp_path / "runs")])
+    assert r.exit_code == 2 and r.output.strip() == ("error: synthetic-text does not read word vectors (its words "
+                                                     "are its own); leave out --embeddings")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_asgt_on_text_is_refused_in_one_line(tmp_path):
     r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--trainer", "asgt", "--runs-dir", str(tmp_path)])
     assert r.exit_code == 2 and "--trainer asgt is for images and series" in r.output

@@ -110,14 +110,18 @@ def get_dataset(name: str, data_dir=None) -> DatasetSpec:
     return DATASETS[name]
 
 
+def takes_option(spec: DatasetSpec, name: str) -> bool:
+    """Whether a dataset's loader reads the option `name`: load() hands it only those."""
+    params = inspect.signature(spec.loader).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def load(name: str, data_dir: str | Path | None = None, train_size: int | None = None,
          test_size: int | None = None, **options) -> Data:
     """Load a dataset by name: the one entry point the rest of sgtool uses. options (version,
     max_len, embeddings, ...) reach the loaders that take them."""
     spec = get_dataset(name, data_dir)
-    params = inspect.signature(spec.loader).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in options.items() if (v is not None or k == "run_train_size") and (takes_all or k in params)}
+    kw = {k: v for k, v in options.items() if (v is not None or k == "run_train_size") and takes_option(spec, k)}
     data = spec.loader(Path(data_dir) if data_dir else default_data_dir(), train_size, test_size, **kw)
     if not isinstance(data, Data):
         raise UsageError(f"dataset {name}: its loader returned {type(data).__name__}, not sgtool.Data")
