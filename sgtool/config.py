@@ -280,6 +280,8 @@ def validate(cfg: TrainConfig) -> None:
         if not cfg.embeddings:
             raise UsageError("--oov says which vectors the words missing from --embeddings get; "
                              "give --embeddings PATH, or leave --oov out")
+        if not takes_option(spec, "oov"):
+            raise UsageError(f"{cfg.dataset}'s loader gives the words without a vector their own; leave out --oov")
     if cfg.pooling is not None and cfg.pooling not in ("attention", "max"):
         raise unknown_name("pooling", cfg.pooling, ("attention", "max"))
     if cfg.test_split not in ("test", "val"):

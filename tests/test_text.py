@@ -224,6 +224,22 @@ def test_word_vectors_for_a_dataset_that_cannot_read_them_are_refused_in_one_lin
     assert not (tmp_path / "runs").exists()
 
 
+def test_oov_for_a_loader_that_cannot_take_it_is_refused(tmp_path):
+    from sgtool.data import DATASETS, register_dataset
+
+    g = tmp_path / "glove.txt"
+    g.write_text("w1 1 2\n")
+    register_dataset("own-vectors", lambda data_dir, train_size, test_size, embeddings=None: None, layout="tokens",
+                     shape=(None,), num_classes=2, bounds=None,
+                     defaults=dict(model="bilstm", epochs=1, batch_size=8, optimizer="adam", lr=1e-3))
+    try:
+        make_config(dataset="own-vectors", embeddings=str(g))  # the loader reads vectors: fine
+        with pytest.raises(UsageError, match="own-vectors's loader gives the words without a vector their own"):
+            make_config(dataset="own-vectors", embeddings=str(g), oov="unk")
+    finally:
+        DATASETS.pop("own-vectors")
+
+
 def test_asgt_on_text_is_refused_in_one_line(tmp_path):
     r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--trainer", "asgt", "--runs-dir", str(tmp_path)])
     assert r.exit_code == 2 and "--trainer asgt is for images and series" in r.output
