@@ -185,11 +185,11 @@ def test_oov_unk_gives_words_without_a_vector_the_mean_vector_as_erasers_baselin
     assert config_hash(make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root), oov="random")) \
         == config_hash(c) != config_hash(make_config(dataset="eraser-movies", embeddings=str(g), data_dir=str(root),
                                                      oov="unk"))
-    for flags, says in ((["--oov", "mean"], "unknown rule for words without a vector 'mean'; choose from: random, unk"),
-                        (["--oov", "unk", "--embeddings", ""], "--oov says which vectors the words missing from")):
+    for flags, says in ((["--oov", "mean", "--embeddings", str(g)],
+                         "unknown rule for words without a vector 'mean'; choose from: random, unk"),
+                        (["--oov", "unk"], "--oov says which vectors the words missing from")):
         r = runner.invoke(app, ["train", "--dataset", "eraser-movies", "--data-dir", str(root),
-                                "--runs-dir", str(tmp_path / "runs"), *(flags if "--embeddings" in flags
-                                                                        else [*flags, "--embeddings", str(g)])])
+                                "--runs-dir", str(tmp_path / "runs"), *flags])
         assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
