@@ -119,6 +119,7 @@ MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate do
 FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: fixed for ERASER with --embeddings, else tuned)")]
 Oov = Annotated[str | None, typer.Option("--oov", help="text with --embeddings: the vectors of words the file lacks, random (each its own) | unk (the mean vector, as <unk>: ERASER's) (default: random)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
+EmbDrop = Annotated[float | None, typer.Option("--embed-dropout", help="text: dropout on the word vectors in training, in [0, 1) (default: 0)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
 Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) | val-loss (the lowest validation NLL) (default: val-loss for ERASER, else last)")]
 Recipe = Annotated[str | None, typer.Option("--recipe", help="authors: the SGT authors' MNIST training (batch 512, Adadelta 1.0 without a schedule, 100 epochs, the best test epoch kept)")]
@@ -175,7 +176,8 @@ SELECT = {
     "optimizer": (Optim, "optimizer"), "train_size": (TrainSize, "train_size"), "test_size": (TestSize, "test_size"),
     "width": (Width, "width"), "heads": (Heads, "heads"), "embeddings": (Embeddings, "embeddings"),
     "max_len": (MaxLen, "max_len"), "freeze_embeddings": (FreezeEmb, "freeze_embeddings"),
-    "oov": (Oov, "oov"), "pooling": (Pooling, "pooling"), "test_split": (TestSplit, "test_split"), "select": (Select, "select"), "recipe": (Recipe, "recipe"),
+    "oov": (Oov, "oov"), "pooling": (Pooling, "pooling"),
+    "embed_dropout": (EmbDrop, "embed_dropout"), "test_split": (TestSplit, "test_split"), "select": (Select, "select"), "recipe": (Recipe, "recipe"),
     "augment": (Augment, "augment"), "data_version": (DataVersion, "data_version"),
     "train_batch_size": (TrainBatch, "batch_size"), "train_seed": (TrainSeed, "seed"),
 }
@@ -212,8 +214,8 @@ def train(
     adv_steps: AdvSteps = None, adv_step_size: AdvStep = None, epochs: Epochs = None,
     batch_size: BatchSize = None, lr: Lr = None, optimizer: Optim = None, seed: Seed = None,
     width: Width = None, heads: Heads = None, embeddings: Embeddings = None, max_len: MaxLen = None,
-    freeze_embeddings: FreezeEmb = None, oov: Oov = None, pooling: Pooling = None, test_split: TestSplit = None,
-    select: Select = None, recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
+    freeze_embeddings: FreezeEmb = None, oov: Oov = None, pooling: Pooling = None, embed_dropout: EmbDrop = None,
+    test_split: TestSplit = None, select: Select = None, recipe: Recipe = None, augment: Augment = None, data_version: DataVersion = None,
     train_size: TrainSize = None, test_size: TestSize = None, data_dir: DataDir = None,
     runs_dir: RunsDir = None, device: Device = None, config: ConfigFile = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 | bf16 | fp16: autocast for the forward passes (fp16 with a GradScaler) (default: fp32)")] = None,

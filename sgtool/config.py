@@ -77,6 +77,7 @@ class TrainConfig:
     embeddings_sha256: str | None = None  # filled by resolve from the file
     freeze_embeddings: bool | None = None  # None: the dataset's default (ERASER with --embeddings: frozen)
     pooling: str | None = None  # bilstm: attention | max (None: attention)
+    embed_dropout: float | None = None  # text models: dropout on the word vectors in training (None: 0)
     oov: str | None = None  # with --embeddings: the vectors of words the file lacks, random | unk (None: random)
     test_split: str = "test"  # ERASER: the split a text run is tested and evaluated on (test | val)
     # which epoch's weights the run keeps: "last", or "val" (the best validation accuracy, for
@@ -103,7 +104,7 @@ LEGACY_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mask_
                  "lr", "optimizer", "seed", "train_size", "test_size")
 # Values of an added field that mean "as sgtool 0.1 did": such a field stays out of the hash.
 LEGACY_VALUES = {"data_version": (None, 1), "world_size": (None, 1), "select": (None, "last"),
-                 "freeze_embeddings": (None, False), "oov": (None, "random")}
+                 "freeze_embeddings": (None, False), "oov": (None, "random"), "embed_dropout": (None, 0.0)}
 SGT_ONLY = {"mask_frac", "kl_weight", "mask_fill", "saliency_sign", "saliency_pass"}
 ASGT_ONLY = {"adv_attack", "adv_eps", "adv_steps", "adv_step_size"}
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -260,9 +261,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if (cfg.embeddings or cfg.max_len is not None or cfg.freeze_embeddings or cfg.pooling) and spec.layout != "tokens":
-        raise UsageError(f"--embeddings, --max-len, --freeze-embeddings and --pooling are for text; "
+    if (cfg.embeddings or cfg.max_len is not None or cfg.freeze_embeddings or cfg.pooling
+            or cfg.embed_dropout) and spec.layout != "tokens":
+        raise UsageError(f"--embeddings, --max-len, --freeze-embeddings, --pooling and --embed-dropout are for text; "
                          f"{cfg.dataset} is {spec.layout} data")
+    if cfg.embed_dropout is not None and not 0.0 <= cfg.embed_dropout < 1.0:
+        raise UsageError(f"--embed-dropout must be in [0, 1), got {cfg.embed_dropout}")
     if cfg.precision not in PRECISIONS:
         raise unknown_name("precision", cfg.precision, PRECISIONS)
     if cfg.augment is not None:

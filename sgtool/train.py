@@ -76,7 +76,7 @@ def model_options(cfg: TrainConfig, data=None) -> dict:
 
 
 MODEL_EXTRAS = ("vocab_size", "vectors", "pad_id", "unk_id", "first_word_id")
-MODEL_FIELDS = ("width", "heads", "pooling", "freeze_embeddings")
+MODEL_FIELDS = ("width", "heads", "pooling", "freeze_embeddings", "embed_dropout")
 
 
 def build_model(cfg: TrainConfig, data=None, data_dir=None):

@@ -463,7 +463,8 @@ def test_eraser_runs_keep_the_best_validation_epoch(tmp_path, monkeypatch, selec
 
 @pytest.mark.parametrize("args, fragment", [
     (["--dataset", "synthetic-text", "--model", "mnist-cnn"], "model 'mnist-cnn' takes image data"),
-    (["--dataset", "mnist", "--embeddings", "x.txt"], "--embeddings, --max-len, --freeze-embeddings and --pooling are for text"),
+    (["--dataset", "mnist", "--embeddings", "x.txt"], "--embeddings, --max-len, --freeze-embeddings, --pooling and --embed-dropout are for text"),
+    (["--dataset", "mnist", "--embed-dropout", "0.2"], "--embed-dropout are for text; mnist is image data"),
     (["--dataset", "synthetic-text", "--mask-frac", "0.01"], "masks 0 features of the shortest sample"),
     (["--dataset", "synthetic-text", "--test-split", "dev"], "unknown test split 'dev'"),
 ])
@@ -509,17 +510,18 @@ def test_bilstm_honours_padding_as_packed_sequences_do():
     torch.testing.assert_close(model(longer), model(ids))
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn"])
-def test_sgt_shares_the_token_models_trunk_with_the_same_numbers(name, monkeypatch):
+@pytest.mark.parametrize("name, embed_dropout", [("bilstm", None), ("textcnn", None), ("bilstm", 0.3)])
+def test_sgt_shares_the_token_models_trunk_with_the_same_numbers(name, embed_dropout, monkeypatch):
     """SGT's eval-mode saliency and its train-mode loss share one pass through the trunk (the
     LSTMs, the convolutions): the loss, its parts and every parameter gradient equal those of two
-    whole passes, dropout active, with one trunk pass less."""
+    whole passes, dropout active, with one trunk pass less. Embedding dropout acts on the input
+    (X is the noisy embedding), so it leaves the trunk shareable."""
     import copy
 
     import sgtool.sgt as sgt
 
     torch.manual_seed(0)
-    model = build(name, "synthetic-text", vocab_size=40, width=8).train()
+    model = build(name, "synthetic-text", vocab_size=40, width=8, embed_dropout=embed_dropout).train()
     ids = torch.randint(3, 40, (6, 12))
     ids[2, 7:] = 0
     ids[4, 9:] = 0  # padding at the end
@@ -545,6 +547,36 @@ def test_sgt_shares_the_token_models_trunk_with_the_same_numbers(name, monkeypat
     assert ga.keys() == gb.keys() and len(ga) > 3
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=0, atol=0, msg=k)
+
+
+def test_embed_dropout_noises_the_word_vectors_in_training_only(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 40, (4, 30))
+    model = build("bilstm", "synthetic-text", vocab_size=40, width=8, embed_dropout=0.5)
+    clean = model.emb(ids)
+    noisy = model.train().embed(ids)
+    dropped = noisy == 0
+    assert 0.3 < dropped.float().mean() < 0.7  # about half of the (token, dim) entries
+    torch.testing.assert_close(noisy[~dropped], 2 * clean[~dropped])  # the rest scaled by 1 / (1 - p)
+    torch.testing.assert_close(model.eval().embed(ids), clean, rtol=0, atol=0)
+    # p = 0 (the default) draws nothing: training consumes the random stream exactly as before
+    plain = build("bilstm", "synthetic-text", vocab_size=40, width=8).train()
+    state = torch.get_rng_state()
+    torch.testing.assert_close(plain.embed(ids), plain.emb(ids), rtol=0, atol=0)
+    assert torch.equal(state, torch.get_rng_state())
+    # the config: text only, [0, 1), and 0 hashes as if it were not given
+    from sgtool.config import config_hash
+
+    base = config_hash(make_config(dataset="synthetic-text"))
+    assert config_hash(make_config(dataset="synthetic-text", embed_dropout=0.0)) == base
+    assert config_hash(make_config(dataset="synthetic-text", embed_dropout=0.2)) != base
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(UsageError, match=r"--embed-dropout must be in \[0, 1\)"):
+            make_config(dataset="synthetic-text", embed_dropout=bad)
+    r = runner.invoke(app, ["train", "--dataset", "synthetic-text", "--embed-dropout", "1.5",
+                            "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code != 0 and "--embed-dropout must be in [0, 1), got 1.5" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
 
 
 def _benchmark(name: str):

@@ -30,7 +30,8 @@ POOLINGS = ("attention", "max")
 class TokenModel(nn.Module):
     """What every token model shares: the embedding, its special ids, and forward(ids)."""
 
-    def __init__(self, vocab_size, vectors=None, dim=50, freeze=False, pad_id=0, unk_id=1, first_word_id=3):
+    def __init__(self, vocab_size, vectors=None, dim=50, freeze=False, pad_id=0, unk_id=1, first_word_id=3,
+                 embed_dropout=0.0):
         super().__init__()
         if vectors is not None:
             vocab_size, dim = vectors.shape
@@ -40,9 +41,14 @@ class TokenModel(nn.Module):
                 self.emb.weight.copy_(vectors)
         self.emb.weight.requires_grad_(not freeze)
         self.vocab_size, self.pad_id, self.unk_id, self.first_word_id = vocab_size, pad_id, unk_id, first_word_id
+        self.embed_drop = nn.Dropout(embed_dropout)
 
     def embed(self, ids):  # (B, L) -> (B, L, D)
-        return self.emb(ids)
+        """The word vectors, with dropout in training (ERASER's GloVe baseline drops 0.2). It acts
+        here, on the input, and not in the trunk: the noisy embedding is then SGT's X, whose
+        saliency is taken in eval mode and whose trunk pass stays shared (sgt.trunk_pass)."""
+        e = self.emb(ids)
+        return self.embed_drop(e) if self.embed_drop.p > 0 else e  # p = 0 draws nothing: runs as before
 
     def forward(self, ids):
         return self.forward_embedded(self.embed(ids), ids != self.pad_id)
@@ -117,25 +123,25 @@ class TextCNN(TokenModel):
         return self.fc(self.drop(h))
 
 
-def _kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, width_dim=50):
+def _kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, embed_dropout, width_dim=50):
     return dict(vectors=vectors, freeze=bool(freeze_embeddings), pad_id=pad_id, unk_id=unk_id,
-                first_word_id=first_word_id, dim=width_dim)
+                first_word_id=first_word_id, dim=width_dim, embed_dropout=embed_dropout or 0.0)
 
 
 def bilstm(shape, num_classes, vocab_size=None, vectors=None, width=None, pooling=None, freeze_embeddings=False,
-           pad_id=0, unk_id=1, first_word_id=3):
+           pad_id=0, unk_id=1, first_word_id=3, embed_dropout=None):
     if vocab_size is None and vectors is None:
         raise UsageError("bilstm needs a text dataset's vocabulary")
     return BiLSTM(vocab_size, num_classes, hidden=width or 128, pooling=pooling or "attention",
-                  **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id))
+                  **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, embed_dropout))
 
 
 def textcnn(shape, num_classes, vocab_size=None, vectors=None, width=None, freeze_embeddings=False, pad_id=0,
-            unk_id=1, first_word_id=3, **_):
+            unk_id=1, first_word_id=3, embed_dropout=None, **_):
     if vocab_size is None and vectors is None:
         raise UsageError("textcnn needs a text dataset's vocabulary")
     return TextCNN(vocab_size, num_classes, filters=width or 100,
-                   **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id))
+                   **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, embed_dropout))
 
 
 def _register():
