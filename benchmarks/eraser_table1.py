@@ -3,7 +3,8 @@
 SmoothGrad for a BiLSTM trained traditionally and with saliency guided training, and random.
 
     python benchmarks/eraser_table1.py --data-dir DATA --runs-dir RUNS [--seeds 0,1,2]
-                                       [--epochs N] [--select S] [--oov R] [--speed]
+                                       [--epochs N] [--select S] [--oov R] [--embed-dropout P]
+                                       [--speed]
                                        [--report-only] [--accuracy-only]
 
 1. Every (trainer, seed) run is trained into RUNS with sgtool's eraser-movies defaults and the
@@ -97,7 +98,7 @@ def paired_accuracy(correct: dict[int, dict[str, torch.Tensor]]) -> None:
 def speed(args) -> None:
     """Seconds of one epoch of standard and of SGT training, measured side by side."""
     cfgs = {t: make_config(dataset="eraser-movies", trainer=t, embeddings=args.embeddings, data_dir=args.data_dir,
-                           epochs=args.epochs) for t in ("standard", "sgt")}
+                           epochs=args.epochs, embed_dropout=args.embed_dropout) for t in ("standard", "sgt")}
     data = load_data(cfgs["standard"], data_dir=args.data_dir)
     state = {}
     for t, cfg in cfgs.items():
@@ -138,6 +139,8 @@ def main() -> None:
                          "before --select val-loss)")
     ap.add_argument("--embeddings", default=GLOVE, help=f"[{GLOVE}, under --data-dir]")
     ap.add_argument("--oov", default=None, help="the vectors of words the file lacks: [random] or unk")
+    ap.add_argument("--embed-dropout", type=float, default=None,
+                    help="dropout on the word vectors in training: [0], or 0.2 (ERASER's baseline)")
     ap.add_argument("--accuracy-only", action="store_true", help="no ERASER evaluation: accuracy alone")
     ap.add_argument("--speed", action="store_true", help="also time an epoch of each, side by side")
     ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
@@ -147,7 +150,7 @@ def main() -> None:
     ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
     print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or 'val-loss'},\n"
-          f"   --oov {args.oov or 'random'}):")
+          f"   --oov {args.oov or 'random'}, --embed-dropout {args.embed_dropout or 0}):")
     # vals[(metric, method, trainer)] = one value per seed
     vals: dict[tuple, list[float]] = {}
     acc: dict[str, list[float]] = {}
@@ -156,8 +159,8 @@ def main() -> None:
     for seed in seeds:
         for trainer in ("standard", "sgt"):
             cfg = make_config(dataset="eraser-movies", trainer=trainer, seed=seed, epochs=args.epochs, select=args.select,
-                              embeddings=args.embeddings, oov=args.oov, data_dir=args.data_dir,
-                              runs_dir=args.runs_dir)
+                              embeddings=args.embeddings, oov=args.oov, embed_dropout=args.embed_dropout,
+                              data_dir=args.data_dir, runs_dir=args.runs_dir)
             if args.report_only and not (root / config_hash(cfg) / "model.safetensors").is_file():
                 continue
             t0 = time.perf_counter()
