@@ -119,7 +119,7 @@ MaxLen = Annotated[int | None, typer.Option("--max-len", help="text: truncate do
 FreezeEmb = Annotated[bool | None, typer.Option("--freeze-embeddings/--tune-embeddings", help="text: keep the word vectors fixed (default: fixed for ERASER with --embeddings, else tuned)")]
 Oov = Annotated[str | None, typer.Option("--oov", help="text with --embeddings: the vectors of words the file lacks, random (each its own) | unk (the mean vector, as <unk>: ERASER's) (default: random)")]
 Pooling = Annotated[str | None, typer.Option("--pooling", help="bilstm: attention | max (default: attention)")]
-EmbDrop = Annotated[float | None, typer.Option("--embed-dropout", help="text: dropout on the word vectors in training, in [0, 1) (default: 0)")]
+EmbDrop = Annotated[float | None, typer.Option("--embed-dropout", help="text: dropout on the word vectors in training, in [0, 1) (default: 0.2 on ERASER, else 0)")]
 TestSplit = Annotated[str | None, typer.Option("--test-split", help="ERASER: the split to test and evaluate on, test | val (default: test)")]
 Select = Annotated[str | None, typer.Option("--select", help="the epoch whose weights the run keeps: last | val (the best validation accuracy) | val-loss (the lowest validation NLL) (default: val-loss for ERASER, else last)")]
 Recipe = Annotated[str | None, typer.Option("--recipe", help="authors: the SGT authors' MNIST training (batch 512, Adadelta 1.0 without a schedule, 100 epochs, the best test epoch kept)")]

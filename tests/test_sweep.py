@@ -172,6 +172,8 @@ def test_repo_experiments_file():
     assert {(c.cfg.recipe, c.cfg.batch_size, c.cfg.optimizer, c.cfg.epochs) for c in by["mnist-sgt-authors"]} == {
         ("authors", 512, "adadelta", 100)}
     assert set(by["demo"][0].evals) == {"mask_eval", "attack", "explain"}
+    if "eraser-movies" in names:  # ERASER's embedding dropout is the dataset's default
+        assert {(c.cfg.embed_dropout, c.cfg.select, c.cfg.epochs) for c in by["eraser-movies"]} == {(0.2, "val-loss", 15)}
 
 
 def test_end_to_end_tiny_sweep_then_report(tmp_path):

@@ -579,6 +579,28 @@ def test_embed_dropout_noises_the_word_vectors_in_training_only(tmp_path):
     assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
 
 
+def test_eraser_defaults_to_erasers_embedding_dropout_and_old_runs_keep_their_ids_and_models(tmp_path):
+    import dataclasses
+
+    from sgtool import find_run, runs_root
+    from sgtool.config import config_hash, from_dict, to_dict
+    from sgtool.train import build_model, load_data, load_model
+
+    root = movies_like(tmp_path)
+    cfg = make_config(dataset="eraser-movies", trainer="standard", epochs=1, width=4, data_dir=str(root),
+                      runs_dir=str(tmp_path / "runs"))
+    assert cfg.embed_dropout == 0.2 and make_config(dataset="synthetic-text").embed_dropout is None
+    # --embed-dropout 0 is the run a config without the field (sgtool before this default) named
+    old = dataclasses.replace(cfg, embed_dropout=None)
+    assert config_hash(make_config(dataset="eraser-movies", trainer="standard", epochs=1, width=4,
+                                   data_dir=str(root), embed_dropout=0.0)) == config_hash(old) != config_hash(cfg)
+    # a stored config is read as it was written, never re-resolved: an old run still builds p = 0
+    assert build_model(from_dict(to_dict(old)), load_data(cfg)).embed_drop.p == 0
+    run = find_run(runs_root(cfg.runs_dir), train_run(cfg)["id"])
+    assert run["config"]["embed_dropout"] == 0.2 and "embed_dropout: 0.2" in (run["dir"] / "config.yaml").read_text()
+    assert load_model(run)[0].embed_drop.p == 0.2
+
+
 def _benchmark(name: str):
     import importlib.util
 
