@@ -146,18 +146,22 @@ def test_cli_sweep_bad_input(tmp_path):
 
 def test_repo_experiments_file():
     """The shipped experiments parse, with the papers' settings."""
+    import dataclasses
+
+    from sgtool.config import config_hash
     from tests.conftest import SHARED_DATA
 
     names = list(sweep.load_experiments(REPO / "experiments.yaml"))
-    if not (SHARED_DATA / "glove").is_dir():  # eraser-movies hashes its GloVe file: it needs the file
-        names.remove("eraser-movies")
+    eraser = ["eraser-movies", "eraser-movies-no-dropout"]
+    if not (SHARED_DATA / "glove").is_dir():  # the ERASER experiments hash their GloVe file: they need it
+        names = [n for n in names if n not in eraser]
     cells = sweep.plan(REPO / "experiments.yaml", only=names, runs_dir="unused", data_dir=str(SHARED_DATA))
     by = {}
     for c in cells:
         by.setdefault(c.experiment, []).append(c)
     assert {k: len(v) for k, v in by.items()} == {"demo": 6, "mnist-sgt": 6, "mnist-sgt-authors": 6, "mnist-asgt": 3, "cifar10-asgt": 3,
                                                   "cifar10-sgt": 2, "tsb-sgt": 264,
-                                                  **({"eraser-movies": 6} if "eraser-movies" in names else {})}
+                                                  **({k: 6 for k in eraser} if eraser[0] in names else {})}
     assert {c.cfg.dataset for c in by["demo"]} == {"synthetic", "tsb-middle-box", "synthetic-text"}
     assert len({c.cfg.dataset for c in by["tsb-sgt"]}) == 11 and {c.cfg.model for c in by["tsb-sgt"]} == {
         "tcn", "lstm-ica", "lstm", "transformer"}
@@ -172,8 +176,12 @@ def test_repo_experiments_file():
     assert {(c.cfg.recipe, c.cfg.batch_size, c.cfg.optimizer, c.cfg.epochs) for c in by["mnist-sgt-authors"]} == {
         ("authors", 512, "adadelta", 100)}
     assert set(by["demo"][0].evals) == {"mask_eval", "attack", "explain"}
-    if "eraser-movies" in names:  # ERASER's embedding dropout is the dataset's default
+    if eraser[0] in names:  # ERASER's embedding dropout is the dataset's default; the second table has none
         assert {(c.cfg.embed_dropout, c.cfg.select, c.cfg.epochs) for c in by["eraser-movies"]} == {(0.2, "val-loss", 15)}
+        # the earlier default's runs, under the ids they had before the default changed
+        nodrop = by["eraser-movies-no-dropout"]
+        assert all(c.run_id == config_hash(dataclasses.replace(c.cfg, embed_dropout=None)) for c in nodrop)
+        assert not {c.run_id for c in nodrop} & {c.run_id for c in by["eraser-movies"]}
 
 
 def test_end_to_end_tiny_sweep_then_report(tmp_path):
