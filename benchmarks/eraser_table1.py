@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from sgtool import config_hash, find_run, make_config, runs_root, train_run  # noqa: E402
 from sgtool.config import MaskEvalConfig  # noqa: E402
+from sgtool.data.text import ERASER_DEFAULTS  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
 from sgtool.train import (  # noqa: E402
     bucketed,
@@ -150,9 +151,9 @@ def main() -> None:
     root = runs_root(args.runs_dir)
     ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
-    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or 'val-loss'},\n"
-          f"   --oov {args.oov or 'random'}, --embed-dropout {0.2 if args.embed_dropout is None else args.embed_dropout})"
-          ":")
+    drop = ERASER_DEFAULTS["embed_dropout"] if args.embed_dropout is None else args.embed_dropout
+    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or ERASER_DEFAULTS['select']},\n"
+          f"   --oov {args.oov or 'random'}, --embed-dropout {drop}):")
     # vals[(metric, method, trainer)] = one value per seed
     vals: dict[tuple, list[float]] = {}
     acc: dict[str, list[float]] = {}
