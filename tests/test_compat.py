@@ -63,11 +63,13 @@ def test_retraining_gives_byte_identical_weights_and_metrics(retrained, i):
     assert metrics == entry["metrics"]
 
 
-def _close(rows, want, tol=1e-3):
-    """Every metric within tol of the fixture's: float rounding of another CPU, not a change."""
+def _close(rows, want):
+    """Every metric near the fixture's, as another CPU's float rounding leaves it: losses to 1e-3,
+    accuracies to two of the 64 test samples (rounding can flip a sample near the boundary)."""
     assert [r.keys() for r in rows] == [w.keys() for w in want]
     for r, w in zip(rows, want):
         for k in r:
+            tol = 2 / 64 if k.endswith("acc") else 1e-3
             assert math.isclose(float(r[k]), float(w[k]), abs_tol=tol), (k, r[k], w[k])
 
 
@@ -83,10 +85,12 @@ def test_mask_eval_and_attack_csvs_are_identical(retrained, i):
     run = sgtool.find_run(root, results[i]["id"])
     me = mask_eval(run, mask_eval_config(**FIXTURE["mask_eval_settings"], **LEGACY_MASK_EVAL))
     assert me["id"] == entry["mask_eval"]["id"]  # 0.1's cache entry would be found
-    if not BITS_KNOWN and Path(me["path"]).read_text() != entry["mask_eval"]["csv"]:
-        _skip_bits()
-    assert Path(me["path"]).read_text() == entry["mask_eval"]["csv"]
-    assert me["path"].with_name(me["id"] + ".summary.csv").read_text() == entry["mask_eval"]["summary"]
     at = attack_eval(run, attack_config(**FIXTURE["attack_settings"], seeding="stream"))  # 0.1's random stream
     assert at["id"] == entry["attack"]["id"]
-    assert Path(at["path"]).read_text() == entry["attack"]["csv"]
+    got = [Path(me["path"]).read_text(), me["path"].with_name(me["id"] + ".summary.csv").read_text(),
+           Path(at["path"]).read_text()]
+    if not BITS_KNOWN and got != [entry["mask_eval"]["csv"], entry["mask_eval"]["summary"], entry["attack"]["csv"]]:
+        _skip_bits()
+    assert got[0] == entry["mask_eval"]["csv"]
+    assert got[1] == entry["mask_eval"]["summary"]
+    assert got[2] == entry["attack"]["csv"]
