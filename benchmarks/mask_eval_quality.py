@@ -58,7 +58,8 @@ def verdict(ok: bool) -> str:
 def mnist_part(args, cfg) -> None:
     from sgtool.errors import SgtoolError
     from sgtool.evaluate import mask_eval
-    from sgtool.store import runs_root, select_runs
+    from sgtool.runs import select_runs
+    from sgtool.store import runs_root
 
     root = runs_root(args.mnist_runs_dir)
     try:

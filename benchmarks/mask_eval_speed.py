@@ -77,8 +77,8 @@ def main() -> None:
     from sgtool.config import MaskEvalConfig, resolve_mask_eval
     from sgtool.data import load
     from sgtool.evaluate import mask_eval
-    from sgtool.store import find_run, runs_root, select_runs
-    from sgtool.train import load_model
+    from sgtool.runs import load_model, select_runs
+    from sgtool.store import find_run, runs_root
 
     torch.set_num_threads(args.threads)
     root = runs_root(args.runs_dir)

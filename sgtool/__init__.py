@@ -27,18 +27,18 @@ _LAZY = {
     "position_score": "saliency", "LogProb": "saliency",
     "SgtoolError": "errors", "UsageError": "errors",
     "find_run": "store", "list_runs": "store", "read_run": "store", "runs_root": "store",
-    "select_runs": "store",
-    "train_run": "train", "load_model": "train", "accuracy": "train", "split_scores": "train", "make_loss": "train",
-    "train_step": "train",
+    "train_run": "train", "make_loss": "train", "train_step": "train",
+    "load_model": "runs", "load_data": "runs", "accuracy": "runs", "split_scores": "runs", "select_runs": "runs",
     "tune_malloc": "process", "tune_process": "process",
     # attacks and evaluations
     "ATTACKS": "attacks", "get_attack": "attacks", "run_attack": "attacks",
     "fgsm": "attacks", "pgd": "attacks", "mifgsm": "attacks",
-    "mask_eval": "evaluate", "attack_eval": "evaluate",
+    "mask_eval": "evaluate", "attack_eval": "evaluate", "explain_run": "evaluate", "evaluate": "evaluate",
+    "EVALUATIONS": "evaluate",
     "saliency_precision_recall": "evaluate", "precision_at_gt": "evaluate",
     # report, explain, sweep
     "collect": "report", "tables": "report", "write_report": "report", "explain": "report",
-    "explain_run": "report", "ExplainConfig": "report",
+    "ExplainConfig": "config", "LockHeld": "errors",
     "run_sweep": "sweep", "plan": "sweep", "load_experiments": "sweep",
 }
 _RENAMED = {"mask_features": "mask"}

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .nnutil import Normalize, label_log_prob
+
 ENABLED = os.environ.get("SGTOOL_FASTPATH", "1") != "0"
 
 
@@ -74,10 +76,10 @@ def pool_args(pool: nn.MaxPool2d) -> tuple:
 def max_pool2d(pool: nn.MaxPool2d, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """pool(h) and its argmax indices, with the numbers and gradients of F.max_pool2d.
 
-    On CPU, PyTorch's NCHW max-pool kernel is scalar and branches on every comparison: 37 ms for
-    mnist-cnn's pool at batch 512, and 10 to 13 ms more on SGT's randomly filled X~, whose
-    comparisons defeat branch prediction. The channels-last kernel is vectorised, so an NCHW CPU
-    input goes through it: about 20 ms on any data, with the two layout copies."""
+    On CPU, PyTorch's NCHW max-pool kernel is scalar and branches on every comparison, and SGT's
+    randomly filled X~ defeats its branch prediction. The channels-last kernel is vectorised and
+    costs the same on any data, so an NCHW CPU input goes through it, two layout copies included
+    (benchmarks/train_speed.py measures the step)."""
     args = pool_args(pool)
     if active(h) and h.dim() == 4 and h.is_contiguous():
         return _PoolViaChannelsLast.apply(h, *args)
@@ -107,9 +109,9 @@ _ONEDNN_LINEAR = _onednn_linear_available()
 def linear_input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """g (N, out) -> g @ weight (N, in): the input gradient of x -> x @ weight.T + b.
 
-    PyTorch sends this product to MKL's sgemm. oneDNN's matmul does it in about half the time
-    here (mnist-cnn's fc1 at batch 512: 3.7 ms against 7.9). On mnist-cnn's two layers it gave
-    the same bits as sgemm on every draw tried; on other shapes the two differ by float rounding.
+    PyTorch sends this product to MKL's sgemm; oneDNN's matmul was about twice as fast for
+    mnist-cnn's fc1 where it was tuned. On mnist-cnn's two layers it gave the same bits as sgemm
+    on every draw tried; on other shapes the two differ by float rounding.
     SGT takes this gradient three times a step (saliency, clean and masked branch) where standard
     training takes it once. Under create_graph (grad mode on in a backward) the differentiable
     g.mm(weight) runs."""
@@ -132,7 +134,7 @@ class _LinearFn(torch.autograd.Function):
     gradient's kernel differs (`linear_input_grad`). The weight comes in as a view, a non-leaf
     node, so that the backward can ask the engine whether its gradient is wanted: a custom
     Function's needs_input_grad is fixed at the forward, and the saliency's backward, which
-    wants only the input gradient, would otherwise pay for the weight's (7 to 9 ms on fc1)."""
+    wants only the input gradient, would otherwise pay for the weight's, as costly as the input's."""
 
     @staticmethod
     def forward(ctx, x, weight_view, bias):
@@ -163,15 +165,12 @@ class Linear(nn.Linear):
 
 # --------------------------------------------------------------------------- trunk sharing
 
-def _mode_free():
-    # Layers that compute the same thing in train and eval mode. A model's leading run of them
-    # (its "trunk") gives the same activations in both modes, so the eval-mode saliency pass and
-    # the train-mode forward can share it.
-    from .models.images import Normalize
-
-    return (Normalize, nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid,
-            nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveMaxPool2d,
-            nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+# Layers that compute the same thing in train and eval mode. A model's leading run of them (its
+# "trunk") gives the same activations in both modes, so the eval-mode saliency pass and the
+# train-mode forward can share it.
+MODE_FREE = (Normalize, nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid,
+             nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveMaxPool2d,
+             nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
 
 
 def split_trunk(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -188,8 +187,7 @@ def split_trunk(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
             flat.append(m)
 
     walk(model)
-    free = _mode_free()
-    i = next((j for j, m in enumerate(flat) if not isinstance(m, free)), len(flat))
+    i = next((j for j, m in enumerate(flat) if not isinstance(m, MODE_FREE)), len(flat))
     return flat[:i], flat[i:]
 
 
@@ -209,8 +207,8 @@ def _run(layers: list[nn.Module], h: torch.Tensor) -> torch.Tensor:
 def conv_input_grad(conv: nn.Conv2d, g: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
     """(B, C_in, H, W): the gradient of <g, conv(x)> with respect to x for g (B, C_out, H', W'),
     i.e. conv's transposed convolution, as one matrix product and kh*kw strided adds (a col2im).
-    oneDNN's own input gradient is slow when the input has few channels: for mnist-cnn's first
-    layer and a batch of 512 it takes 15 ms, this 6 ms. It equals autograd's to float rounding."""
+    oneDNN's own input gradient is slow when the input has few channels (mnist-cnn's first layer:
+    about 2.5 times this one's time). It equals autograd's to float rounding."""
     b, c_out, ho, wo = g.shape
     kh, kw = conv.kernel_size
     (sh, sw), (dh, dw), (ph, pw) = conv.stride, conv.dilation, conv.padding
@@ -264,13 +262,11 @@ def saliency_start(trunk: list[nn.Module], x: torch.Tensor):
     d/dh to d/dx with the same kernels autograd calls, except in two places:
     - the first convolution's input is the constant x, so autograd never takes its input
       gradient; `conv_input_grad` does, one matrix product and a col2im, because oneDNN's is slow
-      for few input channels (15 ms against 6 ms on mnist-cnn's first layer at batch 512);
+      for few input channels;
     - a ReLU followed by a max-pool applies its mask at the pooled size. The pooled value is the
       ReLU output at the argmax, so zeroing the pooled gradient where it is <= 0 zeroes exactly
       what the ReLU's own backward would: the same numbers, on 4x fewer values on mnist-cnn.
     Any other trunk gives h = x itself, requiring grad, and autograd does all the work."""
-    from .models.images import Normalize
-
     i, pre, std = 0, x.detach(), None
     if trunk and isinstance(trunk[0], Normalize):
         pre, std, i = trunk[0](pre), trunk[0].std, 1  # (B, C, H, W), std (1, C, 1, 1)
@@ -319,8 +315,6 @@ def saliency_start(trunk: list[nn.Module], x: torch.Tensor):
 
 def label_grad(logits: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """d sum_i log p(y_i | x_i) / d at, keeping the graph for the loss's own backward."""
-    from .saliency import label_log_prob
-
     return torch.autograd.grad(label_log_prob(logits, y), at, retain_graph=True)[0]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import filelock
 
-from .errors import SgtoolError
+from .errors import LockHeld
 
 
 def _me() -> dict:
@@ -82,7 +82,7 @@ def _soft(path: Path, what: str):
             if attempt == 1 and info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
                 soft.unlink(missing_ok=True)  # its process is gone: a stale lock of this host
                 continue
-            raise SgtoolError(f"{what} is held by {describe(info)} (a lock file on a filesystem without flock); "
+            raise LockHeld(f"{what} is held by {describe(info)} (a lock file on a filesystem without flock); "
                               f"if that process is gone, run `sgtool unlock {path.parent.name}`") from None
     with os.fdopen(fd, "w") as f:
         json.dump(_me(), f)
@@ -101,7 +101,7 @@ def held(path: Path, what: str = "the lock", doing: str = "used"):
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise SgtoolError(f"{what} is being {doing} by another process ({describe(owner(path))})") from None
+        raise LockHeld(f"{what} is being {doing} by another process ({describe(owner(path))})") from None
     except OSError as e:
         if not _no_flock(e):
             raise
@@ -111,7 +111,7 @@ def held(path: Path, what: str = "the lock", doing: str = "used"):
     try:
         if Path(f"{path}.soft").exists():  # a fallback lock from a process on a host without flock
             info = owner(path)
-            raise SgtoolError(f"{what} is held by {describe(info)}; if that process is gone, "
+            raise LockHeld(f"{what} is held by {describe(info)}; if that process is gone, "
                               f"run `sgtool unlock {path.parent.name}`")
         Path(f"{path}.owner").write_text(json.dumps(_me()))
         yield

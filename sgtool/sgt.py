@@ -27,7 +27,7 @@ from . import fastpath
 from .errors import unknown_name
 from .layout import Batch, get_fill, get_layout, lowest_k
 from .layout import mask as apply_fill
-from .saliency import label_log_prob, rnn_safe
+from .nnutil import label_log_prob, rnn_safe
 
 SALIENCY_PASSES = ("eval", "shared")
 

@@ -7,7 +7,8 @@
       model.safetensors    final weights
       checkpoint.safetensors + checkpoint.json   last finished epoch: model, optimiser, RNG
       lock                 held (flock) while a process trains this run
-      mask_eval/ attack/   evaluations, each cached by the hash of its own config
+      <kind>/              evaluations (mask_eval, attack, explain, ...), each cached by the hash
+                           of its own config: see "evaluations" below
 
 Every file is written atomically (temp file in the same dir, then os.replace), so a kill
 leaves either the old file or the new one, never half of one. Nothing is ever pickled.
@@ -16,11 +17,13 @@ leaves either the old file or the new one, never half of one. Nothing is ever pi
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import SgtoolError
+from .locks import held, is_held, owner
 
 CONFIG, RUN, METRICS, MODEL = "config.yaml", "run.json", "metrics.csv", "model.safetensors"
 CKPT, CKPT_META, LOCK = "checkpoint.safetensors", "checkpoint.json", "lock"
@@ -79,15 +83,19 @@ def write_yaml(path: Path, obj) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Tidy rows (list of dicts) -> CSV, atomically. The columns are every key in first-seen
-    order: a run resumed by a newer sgtool may log a column its first epochs lack (left empty)."""
+def csv_text(rows: list[dict]) -> str:
+    """Tidy rows (list of dicts) -> CSV text. The columns are every key in first-seen order: a run
+    resumed by a newer sgtool may log a column its first epochs lack (left empty)."""
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, csv_text(rows))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -95,9 +103,13 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Tensors as the bytes of a safetensors file."""
+    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    atomic_write_bytes(path, tensor_bytes(tensors, metadata))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -140,8 +152,6 @@ def run_lock(run_dir: Path):
     """An exclusive, non-blocking lock (sgtool.locks): a second process training the same run
     fails at once, with one line naming the holder. The kernel drops the lock when its process
     dies, so a kill never leaves a stale lock."""
-    from .locks import held
-
     with held(run_dir / LOCK, f"run {run_dir.name}", "trained"):
         yield
 
@@ -166,15 +176,11 @@ def read_run(run_dir: Path) -> dict:
 
 def lock_held(run_dir: Path) -> bool:
     """Whether some process holds the run's training lock right now."""
-    from .locks import is_held
-
     return is_held(Path(run_dir) / LOCK)
 
 
 def lock_owner(run_dir: Path) -> dict | None:
     """(host, pid, since) of the process training the run, as it recorded itself."""
-    from .locks import owner
-
     return owner(Path(run_dir) / LOCK)
 
 
@@ -212,24 +218,6 @@ def find_run(root: Path, prefix: str, require_completed: bool = True) -> dict:
     if require_completed and run.get("status") != "completed":
         raise SgtoolError(f"run {run['id']} is not completed (status: {run.get('status')}); train it first")
     return run
-
-
-def select_runs(root: Path, ids: list[str] | None, train_flags: dict | None = None,
-                config_yaml: str | None = None) -> list[dict]:
-    """Runs named by id prefixes, or, when none are given, the run of the training config
-    that the training flags describe (as the authors' scripts did)."""
-    from .config import config_hash, make_config
-
-    if ids:
-        return [find_run(root, i) for i in ids]
-    flags = {k: v for k, v in (train_flags or {}).items() if v is not None}
-    if not flags and not config_yaml:
-        raise SgtoolError("name a run id, or give the training flags (e.g. --dataset mnist --mask-frac 0.5)")
-    cfg = make_config(config_yaml, **flags)
-    rid = config_hash(cfg)
-    if not (root / rid).is_dir():
-        raise SgtoolError(f"no run for that training config (id {rid}) in {root}; train it first")
-    return [find_run(root, rid)]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -280,3 +268,108 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, di
         scheduler.load_state_dict(meta["scheduler"])
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return int(meta["epoch"]), rng
+
+
+# --------------------------------------------------------------------------- evaluations
+# Each evaluation of a run is cached under runs/<id>/<kind>/ by its own id (config.eval_hash):
+#
+#   <eval id>.csv            its rows (one per method and fraction, method and eps, ...)
+#   <eval id>.summary.csv    its summary, where it has one (one row per method)
+#   <eval id>.<name>         its other files (ERASER's JSONL, saliency maps, adversarial examples)
+#   <eval id>.json           written last: the config, the evaluation's figures, and "files":
+#                            each file's bytes, sha256 and (tables) rows
+#
+# An entry is served only when its JSON is readable and every file it lists is whole, so a kill
+# while writing, or a file damaged later, is a miss and the evaluation runs again. Entries
+# written before the JSON listed its files are checked by their tables' shape instead.
+
+
+@dataclass(frozen=True)
+class EvalFiles:
+    """Where one evaluation of a run lives: `file(".csv")` is <eval id>.csv in <run>/<kind>/."""
+    folder: Path
+    eid: str
+
+    def file(self, suffix: str) -> Path:
+        return self.folder / f"{self.eid}{suffix}"
+
+    @property
+    def json(self) -> Path:
+        return self.file(".json")
+
+
+def eval_files(run_dir: Path, kind: str, eid: str) -> EvalFiles:
+    return EvalFiles(Path(run_dir) / kind, eid)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_evaluation(where: EvalFiles, meta: dict, tables: dict[str, list[dict]] | None = None,
+                     files: dict[str, bytes] | None = None) -> None:
+    """The tables (suffix -> rows, as CSV) and files (suffix -> bytes), then the JSON last, which
+    records each file, so that its presence means the entry is whole."""
+    try:
+        where.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SgtoolError(f"cannot write {where.folder}: {e.strerror or e}") from None
+    record = {}
+    for suffix, rows in (tables or {}).items():
+        data = csv_text(rows).encode()
+        atomic_write_bytes(where.file(suffix), data)
+        record[suffix] = {"bytes": len(data), "sha256": _sha256(data), "rows": len(rows)}
+    for suffix, data in (files or {}).items():
+        atomic_write_bytes(where.file(suffix), data)
+        record[suffix] = {"bytes": len(data), "sha256": _sha256(data)}
+    write_json(where.json, {**meta, "files": record})
+
+
+def read_evaluation(where: EvalFiles, tables: tuple[str, ...] = (), need: tuple[str, ...] = (),
+                    rows=None) -> dict | None:
+    """{"meta": the JSON, "tables": {suffix: rows as strings}} of a whole cache entry, else None.
+    `tables` are the CSVs to read back, `need` other files that must be there; `rows(config)`
+    the row count each table must have, for entries whose JSON does not record its files."""
+    try:
+        meta = json.loads(where.json.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        return None
+    record = meta.get("files")
+    try:
+        expect = rows(meta["config"]) if rows is not None and not isinstance(record, dict) else {}
+    except (KeyError, TypeError):
+        return None
+    out = {}
+    for suffix in (*tables, *need):
+        path = where.file(suffix)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if isinstance(record, dict):
+            entry = record.get(suffix)
+            if not isinstance(entry, dict) or entry.get("sha256") != _sha256(data):
+                return None
+        if suffix in tables:
+            parsed = _whole_csv(data)
+            if parsed is None or (suffix in expect and len(parsed) != expect[suffix]):
+                return None
+            out[suffix] = parsed
+    return {"meta": meta, "tables": out}
+
+
+def _whole_csv(data: bytes) -> list[dict] | None:
+    """The rows of a CSV file that ends where a line ends and whose rows all have the header's
+    fields; None for anything cut short."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    if not text or not text.endswith("\n"):
+        return None
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines or any(len(line) != len(lines[0]) for line in lines):
+        return None
+    return [dict(zip(lines[0], line)) for line in lines[1:]]

@@ -1,12 +1,14 @@
 """The one visible training loop. The trainers are loss objects (sgt.py) plugged into it:
 
     loss = loss_fn(model, x, y, valid)     # StandardLoss, SGTLoss or ASGTLoss
-    loss.backward(); opt.step()
+    loss.backward(); opt.step()            # train_step
 
-`train_run(cfg)` trains the run of a config (or resumes it) into the run store. The data is
-held as tensors on the device (cifar10-airbench's way): an epoch is a seeded permutation of
-indices. Loss and accuracy sums stay on the device; the host reads them once per epoch, and
-every few steps for the progress bar on a GPU (every step on a CPU, where reading is free).
+`train_run(cfg)` trains the run of a config (or resumes it) into the run store: `start` finds or
+resumes the run, `run_epoch` is train_step over a seeded permutation, `end_epoch` scores and
+checkpoints, `finish` keeps the chosen epoch's weights. The data is held as tensors on the device
+(cifar10-airbench's way): an epoch is a seeded permutation of indices. Loss and accuracy sums
+stay on the device; the host reads them once per epoch, and every few steps for the progress bar
+on a GPU (every step on a CPU, where reading is free).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import math
 import platform
 import socket
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
-import torch.nn.functional as F
 
 from . import __version__
+from . import distributed as ddp
 from .config import VAL_SELECTS, TrainConfig, config_hash, to_dict
-from .data import get_dataset, load
+from .data import get_dataset
 from .errors import SgtoolError
-from .models import build
+from .layout import n_masked
+from .runs import build_model, load_data, pick_device, split_scores, trim
 from .sgt import ASGTLoss, SGTLoss, StandardLoss
 from .store import (
     BEST,
@@ -50,6 +54,8 @@ from .store import (
     write_yaml,
 )
 
+LOSSES = {"standard": StandardLoss, "sgt": SGTLoss, "asgt": ASGTLoss}
+
 
 def make_loss(cfg: TrainConfig, data=None):
     """The trainer of cfg as a loss object: StandardLoss, SGTLoss or ASGTLoss with its settings."""
@@ -63,32 +69,6 @@ def make_loss(cfg: TrainConfig, data=None):
         return SGTLoss(**kw)
     return ASGTLoss(**kw, attack=cfg.adv_attack, eps=cfg.adv_eps, steps=cfg.adv_steps,
                     step_size=cfg.adv_step_size, bounds=spec.bounds)
-
-
-LOSSES = {"standard": StandardLoss, "sgt": SGTLoss, "asgt": ASGTLoss}
-
-
-def model_options(cfg: TrainConfig, data=None) -> dict:
-    """What the model's factory needs beyond (shape, classes): the dataset's extras that shape a
-    model (a text vocabulary and its vectors) and the config's model settings."""
-    opts = {k: v for k, v in (data.extras if data is not None else {}).items() if k in MODEL_EXTRAS}
-    return {**opts, **{k: getattr(cfg, k) for k in MODEL_FIELDS if hasattr(cfg, k)}}
-
-
-MODEL_EXTRAS = ("vocab_size", "vectors", "pad_id", "unk_id", "first_word_id")
-MODEL_FIELDS = ("width", "heads", "pooling", "freeze_embeddings", "embed_dropout")
-
-
-def build_model(cfg: TrainConfig, data=None, data_dir=None):
-    return build(cfg.model, get_dataset(cfg.dataset, data_dir or cfg.data_dir), **model_options(cfg, data))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SgtoolError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
 
 
 def make_optimizer(cfg: TrainConfig, model):
@@ -124,25 +104,41 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 
 
 AUGMENTATIONS = {"crop-flip": crop_flip}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train_step(model, opt, loss_fn, x, y, valid=None):
-    """One optimiser step on batch (x, y): the whole of what a trainer changes is loss_fn."""
-    loss = loss_fn(model, x, y, valid)
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward passes (the saliency ranking and the masking stay in
+    float32: they work on x and on its gradient, which autocast leaves in float32)."""
+    dtype = PRECISIONS[precision or "fp32"]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def trainable(opt) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+
+
+def train_step(model, opt, loss_fn, x, y, valid=None, *, amp=contextlib.nullcontext, scaler=None, sync=None):
+    """One optimiser step on batch (x, y): the whole of what a trainer changes is loss_fn.
+    amp() is the forward passes' autocast, scaler fp16's GradScaler, sync(params) the processes'
+    gradient all-reduce."""
+    with amp():
+        loss = loss_fn(model, x, y, valid)
     opt.zero_grad(set_to_none=True)
+    params = trainable(opt)
     # Only the parameters: the SGT/ASGT graphs start at an input that required grad (for the
     # saliency), and naming the inputs keeps autograd from computing its gradient again.
-    loss.backward(inputs=[p for g in opt.param_groups for p in g["params"] if p.requires_grad])
-    opt.step()
+    (scaler.scale(loss) if scaler else loss).backward(inputs=params)
+    if sync is not None:
+        sync(params)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     return loss
-
-
-def trim(x: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-    """Token ids (B, L) cut after the batch's last real token: padding past it is never computed."""
-    if x.is_floating_point() or x.dim() != 2 or not len(x):
-        return x
-    real = (x != pad_id).any(0).nonzero()
-    return x[:, : int(real.max()) + 1] if len(real) else x[:, :1]
 
 
 def bucketed(perm: torch.Tensor, lengths: torch.Tensor, batch_size: int, pool: int = 50) -> torch.Tensor:
@@ -157,79 +153,15 @@ def bucketed(perm: torch.Tensor, lengths: torch.Tensor, batch_size: int, pool: i
     return torch.cat([batches[i] for i in order.tolist()])
 
 
-def length_batches(x: torch.Tensor, batch_size: int, pad_id: int = 0):
-    """Index batches (as (B,) tensors) covering x. Token ids are batched by length (longest first),
-    so that padding does not dominate; anything else in order."""
-    if x.is_floating_point() or x.dim() != 2:
-        return list(torch.arange(len(x)).split(batch_size))
-    order = (x != pad_id).sum(1).argsort(descending=True, stable=True)
-    return list(order.split(batch_size))
-
-
-@torch.no_grad()
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> float:
-    """Top-1 accuracy of model (eval mode) on tensors x (N, ...), y (N,)."""
-    return split_scores(model, x, y, batch_size, device)["acc"]
-
-
-@torch.no_grad()
-def split_scores(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> dict:
-    """Top-1 accuracy, mean cross-entropy (NLL) and which samples were right ("correct", (N,) bool
-    on the CPU, in x's order: for paired comparisons of two models) of model in eval mode on
-    x (N, ...), y (N,). Token ids go in batches of similar length, at most 64 documents (a long
-    review's activations are large)."""
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    pad = getattr(model, "pad_id", 0)
-    hits = torch.zeros(len(x), dtype=torch.bool, device=device)
-    nll = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = not x.is_floating_point() and x.dim() == 2
-    for idx in length_batches(x, 64 if tokens else batch_size, pad):
-        logits, t = model(trim(x[idx], pad).to(device)), y[idx].to(device)  # (b, classes), (b,)
-        hits[idx.to(device)] = logits.argmax(1) == t
-        nll += F.cross_entropy(logits.float(), t, reduction="sum").double()
-    model.train(was_training)
-    n = max(len(x), 1)
-    return {"acc": hits.sum().item() / n, "loss": nll.item() / n, "correct": hits.cpu()}
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """Every epoch reseeds all RNGs from (seed, epoch): a run resumed at an epoch boundary
     draws exactly what the uninterrupted run drew."""
     return seed * 1_000_003 + epoch
 
 
-def _meta(status: str, started: str, wall: float, **extra) -> dict:
-    return {
-        "status": status, "started": started, "updated": datetime.now(timezone.utc).isoformat(),
-        "wall_seconds": round(wall, 3), "sgtool_version": __version__, "torch_version": torch.__version__,
-        "host": socket.gethostname(), "python": platform.python_version(), **extra,
-    }
-
-
-def load_data(cfg: TrainConfig, train_size=None, test_size=None, data_dir=None):
-    """The dataset of a run config, with the config's data options (version, file hash, ...)."""
-    return load(cfg.dataset, data_dir or cfg.data_dir, train_size, test_size, **data_options(cfg))
-
-
-def data_options(cfg: TrainConfig) -> dict:
-    """The config's data options; run_train_size lets a loader fit its scaling on the run's own
-    training split when an evaluation loads only the test split."""
-    opts = {k: getattr(cfg, k) for k in DATA_FIELDS if getattr(cfg, k, None) is not None}
-    if cfg.data_version is None and get_dataset(cfg.dataset, cfg.data_dir).version is not None:
-        opts["data_version"] = 1  # a run stored before its dataset had versions: the first one
-    return {**opts, "run_train_size": cfg.train_size}
-
-
-DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split", "oov")
-
-
 def check_data(cfg: TrainConfig, data) -> None:
     """What only the loaded data can tell: SGT must mask at least one feature of every sample
     (fixed-size images and series are checked with the config)."""
-    from .layout import n_masked
-
     spec = get_dataset(cfg.dataset, cfg.data_dir)
     if cfg.select in VAL_SELECTS and "x_val" not in data.extras:
         raise SgtoolError(f"--select {cfg.select} needs a validation split, and {cfg.dataset} has none; "
@@ -247,56 +179,169 @@ def check_data(cfg: TrainConfig, data) -> None:
                           f"({int(n.min())} features); use a larger fraction or --trainer standard")
 
 
+def _meta(status: str, started: str, wall: float, **extra) -> dict:
+    return {
+        "status": status, "started": started, "updated": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": round(wall, 3), "sgtool_version": __version__, "torch_version": torch.__version__,
+        "host": socket.gethostname(), "python": platform.python_version(), **extra,
+    }
+
+
 # --------------------------------------------------------------------------- the loop
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+@dataclass
+class Run:
+    """A run being trained: its config, directory, model, data on the device, and the epochs so far."""
+    cfg: TrainConfig
+    id: str
+    dir: object
+    model: torch.nn.Module
+    fwd: torch.nn.Module  # the module the loss calls: the model, or its torch.compile
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: object
+    loss_fn: object
+    data: object
+    device: torch.device
+    rank: int
+    world: int
+    rows: list = field(default_factory=list)  # metrics.csv's rows of the finished epochs
+    best: float = -math.inf
+    started: str = ""
+    t_start: float = 0.0
+
+    @property
+    def lead(self) -> bool:  # process 0 alone writes the store
+        return self.rank == 0
+
+    def score(self, r: dict) -> float:
+        """The kept epoch's criterion, higher is better: the best test accuracy (--recipe authors, as
+        the authors' train_MNIST.py), the best validation accuracy (--select val), the lowest
+        validation NLL (--select val-loss)."""
+        crit = VAL_SELECTS.get(self.cfg.select, "test_acc")
+        return (-1.0 if crit == "val_loss" else 1.0) * float(r[crit])
+
+    @property
+    def keeps_best(self) -> bool:
+        return self.cfg.recipe == "authors" or self.cfg.select in VAL_SELECTS
 
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision for the forward passes (the saliency ranking and the masking stay in
-    float32: they work on x and on its gradient, which autocast leaves in float32)."""
-    dtype = PRECISIONS[precision or "fp32"]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+def resume(run: Run) -> int:
+    """Restore the last finished epoch's checkpoint, if any; the first epoch still to train."""
+    ckpt = load_checkpoint(run.dir, run.model, run.opt, run.sched)  # every process reads the same checkpoint
+    if ckpt is None:
+        return 1
+    last, rng = ckpt
+    # Rows past the checkpoint belong to an epoch whose checkpoint was never written.
+    run.rows = [r for r in read_metrics(run.dir) if int(r["epoch"]) <= last]
+    run.best = max((run.score(r) for r in run.rows), default=-math.inf)
+    if "cpu" in rng:
+        torch.set_rng_state(rng["cpu"])
+    return last + 1
 
 
-def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
-    """Train the run of `cfg` (or resume it), storing everything under runs/<hash12>/.
+def run_epoch(run: Run, epoch: int, on_progress=None) -> list[float]:
+    """One epoch of train_step over a seeded permutation: this process's sums of loss, CE, KL and
+    correct predictions, over the samples it trained on."""
+    cfg, device, world, rank = run.cfg, run.device, run.world, run.rank
+    xtr, ytr = run.data["x"], run.data["y"]
+    vtr, lengths = run.data["valid"], run.data["lengths"]
+    n, bs = len(xtr), cfg.batch_size
+    pad = getattr(run.model, "pad_id", 0)
+    augment = AUGMENTATIONS.get(cfg.augment or "none")
+    channels_last = device.type == "cuda" and get_dataset(cfg.dataset, cfg.data_dir).layout == "image"
+    steps = (n + bs - 1) // bs
+    every = 1 if device.type == "cpu" else 25  # steps between host reads for the bar
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))
+    perm = torch.randperm(n).to(device)  # the same on every process
+    if lengths is not None:  # text: batches of similar length, so padding does not dominate
+        perm = bucketed(perm, lengths, bs)
+    run.model.train()
+    tot = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kl, correct; float64 as the host's
+    amp = lambda: autocast(device, cfg.precision)  # noqa: E731
+    for step in range(steps):
+        batch = perm[step * bs : (step + 1) * bs]
+        idx = batch.tensor_split(world)[rank] if world > 1 else batch  # this process's share
+        x, y = trim(xtr[idx], pad), ytr[idx]
+        if augment is not None:
+            x = augment(x)
+        if channels_last:  # cuDNN's convolutions prefer channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
+        v = None if vtr is None else vtr[idx][:, : x.shape[1]]
+        sync = (lambda ps, w=len(idx) / max(len(batch), 1): ddp.average_gradients(ps, w)) if world > 1 else None
+        loss = train_step(run.fwd, run.opt, run.loss_fn, x, y, v, amp=amp, scaler=run.scaler, sync=sync)
+        b = len(idx)
+        tot += torch.stack([loss.detach().double() * b, loss.parts["ce"].double() * b,
+                            loss.parts["kl"].double() * b, (loss.logits.argmax(1) == y).sum().double()])
+        if on_progress and run.lead and ((step + 1) % every == 0 or step + 1 == steps):
+            seen = min((step + 1) * bs, n)
+            s = tot.tolist()  # this process's sums: the bar shows process 0's share
+            share = seen / world if world > 1 else seen
+            on_progress(epoch=epoch, epochs=cfg.epochs, step=step + 1, steps=steps, loss=s[0] / share,
+                        acc=s[3] / share)
+    if run.sched is not None:
+        run.sched.step()
+    return ddp.all_sum(tot).tolist()
 
-    Returns {"id", "dir", "status", "test_acc", "already", and "model" when it trained}.
-    `on_progress(**info)` is called
-    during the epoch with epoch, epochs, step, steps, loss and acc, so the CLI can draw a bar.
 
-    Under torchrun (cfg.world_size > 1) every process takes its share of each global batch,
-    the gradients are averaged across processes after each backward, and process 0 alone
-    writes the store.
-    """
-    from . import distributed as ddp
+def end_epoch(run: Run, epoch: int, sums: list[float], seconds: float) -> None:
+    """Score the epoch (test, and validation where the epoch is chosen on it), log its row, keep
+    its weights if it is the best so far, and checkpoint."""
+    if not run.lead:
+        return
+    data, device, n = run.data["split"], run.device, len(run.data["x"])
+    test_acc = split_scores(run.model, data.x_test, data.y_test, device=device)["acc"]
+    row = {"epoch": epoch, "train_loss": round(sums[0] / n, 6), "train_ce": round(sums[1] / n, 6),
+           "train_kl": round(sums[2] / n, 6), "train_acc": round(sums[3] / n, 6)}
+    if run.cfg.select in VAL_SELECTS:
+        val = split_scores(run.model, data.extras["x_val"], data.extras["y_val"], device=device)
+        row.update(val_acc=round(val["acc"], 6), val_loss=round(val["loss"], 6))
+    row.update(test_acc=round(test_acc, 6), seconds=round(seconds, 3))
+    run.rows.append(row)
+    write_csv(run.dir / METRICS, run.rows)
+    if run.keeps_best and run.score(row) > run.best:  # strictly better, as the authors' is_best
+        run.best = run.score(row)
+        save_tensors(run.dir / BEST, run.model.state_dict(), metadata={"epoch": str(epoch)})
+    save_checkpoint(run.dir, run.model, run.opt, run.sched, epoch, {"cpu": torch.get_rng_state()})
+    write_json(run.dir / RUN, _meta("running", run.started, time.time() - run.t_start, id=run.id, epoch=epoch))
 
-    root = runs_root(cfg.runs_dir)
-    rid = config_hash(cfg)
-    run_dir = root / rid
-    if not force and (run_dir / RUN).is_file():
-        try:
-            info = json.loads((run_dir / RUN).read_text())
-        except (OSError, ValueError):
-            info = {}
-        if isinstance(info, dict) and info.get("status") == "completed":
-            rows = read_metrics(run_dir)
-            acc = float(info.get("test_acc", rows[-1]["test_acc"] if rows else "nan"))
-            return {"id": rid, "dir": run_dir, "status": "completed", "test_acc": acc, "already": True}
 
-    # Everything that can fail on bad input happens before the run dir is touched.
+def finish(run: Run) -> float:
+    """The kept weights as model.safetensors, the run marked completed; its test accuracy."""
+    if not run.lead:
+        return float("nan")
+    if run.keeps_best and (run.dir / BEST).is_file():
+        run.model.load_state_dict(load_tensors(run.dir / BEST))
+        # the kept epoch: the first with the best criterion (as the strict > above)
+        kept = max(run.rows, key=lambda r: (run.score(r), -int(r["epoch"])))
+        test_acc = float(kept["test_acc"])
+    else:
+        test_acc = float(run.rows[-1]["test_acc"])
+    save_tensors(run.dir / MODEL, run.model.state_dict())
+    write_json(run.dir / RUN, _meta("completed", run.started, time.time() - run.t_start, id=run.id,
+                                    epoch=run.cfg.epochs, test_acc=test_acc, world_size=run.world))
+    return test_acc
+
+
+def _completed(run_dir) -> dict | None:
+    try:
+        info = json.loads((run_dir / RUN).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("status") == "completed" else None
+
+
+def start(cfg: TrainConfig, root, rid: str) -> Run:
+    """Everything that can fail on bad input, before the run dir is touched: the device, the
+    processes, the data, the loss and the model."""
     device = pick_device(cfg.device)
     rank, world = ddp.init(device.type)
     if world != (cfg.world_size or 1):
         raise SgtoolError(f"this config is for {cfg.world_size or 1} process(es), but {world} run; "
                           f"launch it with torchrun --nproc-per-node {cfg.world_size or 1}")
     device = ddp.local_device(device)
-    lead = rank == 0  # process 0 alone writes the store
-    if lead:
+    if rank == 0:
         check_writable(root)
     data = load_data(cfg, cfg.train_size, cfg.test_size)
     check_data(cfg, data)
@@ -307,160 +352,68 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
         if device.type != "cuda":
             raise SgtoolError("--sync-bn synchronises BatchNorm over GPUs (NCCL); on CPUs each process keeps its own")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    image = get_dataset(cfg.dataset, cfg.data_dir).layout == "image"
-    if device.type == "cuda" and image:  # cuDNN's convolutions prefer channels-last
-        model = model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if cfg.compile else model  # the module the losses call
+    if device.type == "cuda" and get_dataset(cfg.dataset, cfg.data_dir).layout == "image":
+        model = model.to(memory_format=torch.channels_last)  # cuDNN's convolutions prefer it
+    fwd = torch.compile(model) if cfg.compile else model
+    xtr = data.x_train.to(device)  # the whole split lives on the device; only a batch's indices move
+    tokens = not xtr.is_floating_point() and xtr.dim() == 2
+    on_device = {"x": xtr, "y": data.y_train.to(device),
+                 "valid": None if data.valid_train is None else data.valid_train.to(device),
+                 "lengths": (xtr != getattr(model, "pad_id", 0)).sum(1) if tokens else None, "split": data}
+    return Run(cfg, rid, root / rid, model, fwd, None, None, None, loss_fn, on_device, device, rank, world)
 
-    if lead:
+
+def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
+    """Train the run of `cfg` (or resume it), storing everything under runs/<hash12>/.
+
+    Returns {"id", "dir", "status", "test_acc", "already", and "model" when it trained}.
+    `on_progress(**info)` is called during the epoch with epoch, epochs, step, steps, loss and
+    acc, so the CLI can draw a bar.
+
+    Under torchrun (cfg.world_size > 1) every process takes its share of each global batch,
+    the gradients are averaged across processes after each backward, and process 0 alone
+    writes the store.
+    """
+    root = runs_root(cfg.runs_dir)
+    rid = config_hash(cfg)
+    if not force and (info := _completed(root / rid)) is not None:
+        rows = read_metrics(root / rid)
+        acc = float(info.get("test_acc", rows[-1]["test_acc"] if rows else "nan"))
+        return {"id": rid, "dir": root / rid, "status": "completed", "test_acc": acc, "already": True}
+    run = start(cfg, root, rid)
+    if run.lead:
         make_root(root)
-        run_dir.mkdir(exist_ok=True)
+        run.dir.mkdir(exist_ok=True)
     ddp.barrier()
-    with run_lock(run_dir) if lead else contextlib.nullcontext():
-        started = datetime.now(timezone.utc).isoformat()
-        t_start = time.time()
-        if lead:
+    with run_lock(run.dir) if run.lead else contextlib.nullcontext():
+        run.started, run.t_start = datetime.now(timezone.utc).isoformat(), time.time()
+        if run.lead:
             if force:
                 for name in (CKPT, CKPT_META, METRICS, MODEL, BEST):
-                    (run_dir / name).unlink(missing_ok=True)
-            write_yaml(run_dir / CONFIG, to_dict(cfg))
-            write_json(run_dir / RUN, _meta("running", started, 0.0, id=rid))
+                    (run.dir / name).unlink(missing_ok=True)
+            write_yaml(run.dir / CONFIG, to_dict(cfg))
+            write_json(run.dir / RUN, _meta("running", run.started, 0.0, id=rid))
         ddp.barrier()
-
-        opt, sched = make_optimizer(cfg, model)
-        scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-        rows, start = [], 1
-        ckpt = load_checkpoint(run_dir, model, opt, sched)  # every process reads the same checkpoint
-        if ckpt is not None:
-            last, rng = ckpt
-            # Rows past the checkpoint belong to an epoch whose checkpoint was never written.
-            rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last]
-            start = last + 1
-            if "cpu" in rng:
-                torch.set_rng_state(rng["cpu"])
-
-        # The whole split lives on the device; only the indices of a batch move.
-        xtr, ytr = data.x_train.to(device), data.y_train.to(device)
-        vtr = None if data.valid_train is None else data.valid_train.to(device)
-        n, bs = len(xtr), cfg.batch_size
-        pad = getattr(model, "pad_id", 0)
-        augment = AUGMENTATIONS.get(cfg.augment or "none")
-        # Which epoch's weights the run keeps: the authors' recipe keeps the best test epoch (as
-        # their train_MNIST.py), --select val the best validation accuracy, --select val-loss the
-        # lowest validation NLL, otherwise the last epoch. score(row): higher is better.
-        select_val = cfg.select in VAL_SELECTS
-        keep_best = cfg.recipe == "authors" or select_val
-        crit = VAL_SELECTS.get(cfg.select, "test_acc")
-        sign = -1.0 if crit == "val_loss" else 1.0
-
-        def score(r: dict) -> float:
-            return sign * float(r[crit])
-
-        best = max((score(r) for r in rows), default=-math.inf)
-        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-        tokens = not xtr.is_floating_point() and xtr.dim() == 2
-        lengths = (xtr != pad).sum(1) if tokens else None
-        steps = (n + bs - 1) // bs
-        every = 1 if device.type == "cpu" else 25  # steps between host reads for the bar
+        run.opt, run.sched = make_optimizer(cfg, run.model)
+        run.scaler = torch.amp.GradScaler(run.device.type) if cfg.precision == "fp16" else None
+        first = resume(run)
         try:
-            for epoch in range(start, cfg.epochs + 1):
+            for epoch in range(first, cfg.epochs + 1):
                 t0 = time.time()
-                torch.manual_seed(epoch_seed(cfg.seed, epoch))
-                perm = torch.randperm(n).to(device)  # the same on every process
-                if lengths is not None:  # text: batches of similar length, so padding does not dominate
-                    perm = bucketed(perm, lengths, bs)
-                model.train()
-                # loss, ce, kl, correct: summed over samples, in float64 as the host would
-                tot = torch.zeros(4, dtype=torch.float64, device=device)
-                for step in range(steps):
-                    batch = perm[step * bs : (step + 1) * bs]
-                    idx = batch.tensor_split(world)[rank] if world > 1 else batch  # this process's share
-                    x, y = trim(xtr[idx], pad), ytr[idx]
-                    if augment is not None:
-                        x = augment(x)
-                    if device.type == "cuda" and image:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    v = None if vtr is None else vtr[idx][:, : x.shape[1]]
-                    with autocast(device, cfg.precision):
-                        loss = loss_fn(fwd, x, y, v)
-                    opt.zero_grad(set_to_none=True)
-                    # Only the parameters: the SGT/ASGT graphs start at an input that required grad.
-                    (scaler.scale(loss) if scaler else loss).backward(inputs=params)
-                    ddp.average_gradients(params, len(idx) / max(len(batch), 1))
-                    if scaler:
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        opt.step()
-                    b = len(idx)
-                    tot += torch.stack([loss.detach().double() * b, loss.parts["ce"].double() * b,
-                                        loss.parts["kl"].double() * b,
-                                        (loss.logits.argmax(1) == y).sum().double()])
-                    if on_progress and lead and ((step + 1) % every == 0 or step + 1 == steps):
-                        seen = min((step + 1) * bs, n)
-                        s = tot.tolist()  # this process's sums: the bar shows process 0's share
-                        share = seen / world if world > 1 else seen
-                        on_progress(epoch=epoch, epochs=cfg.epochs, step=step + 1, steps=steps,
-                                    loss=s[0] / share, acc=s[3] / share)
-                if sched is not None:
-                    sched.step()
-                s = ddp.all_sum(tot).tolist()
-                if lead:
-                    test_acc = accuracy(model, data.x_test, data.y_test, device=device)
-                    row = {"epoch": epoch, "train_loss": round(s[0] / n, 6), "train_ce": round(s[1] / n, 6),
-                           "train_kl": round(s[2] / n, 6), "train_acc": round(s[3] / n, 6)}
-                    if select_val:
-                        val = split_scores(model, data.extras["x_val"], data.extras["y_val"], device=device)
-                        row.update(val_acc=round(val["acc"], 6), val_loss=round(val["loss"], 6))
-                    row.update(test_acc=round(test_acc, 6), seconds=round(time.time() - t0, 3))
-                    rows.append(row)
-                    write_csv(run_dir / METRICS, rows)
-                    if keep_best and score(row) > best:  # strictly better, as the authors' is_best
-                        best = score(row)
-                        save_tensors(run_dir / BEST, model.state_dict(), metadata={"epoch": str(epoch)})
-                    save_checkpoint(run_dir, model, opt, sched, epoch, {"cpu": torch.get_rng_state()})
-                    write_json(run_dir / RUN, _meta("running", started, time.time() - t_start, id=rid, epoch=epoch))
+                sums = run_epoch(run, epoch, on_progress)
+                end_epoch(run, epoch, sums, time.time() - t0)
                 ddp.barrier()
         except KeyboardInterrupt:
-            if lead:
-                write_json(run_dir / RUN, _meta("interrupted", started, time.time() - t_start, id=rid,
-                                                epoch=len(rows)))
+            if run.lead:
+                write_json(run.dir / RUN, _meta("interrupted", run.started, time.time() - run.t_start, id=rid,
+                                                epoch=len(run.rows)))
             raise
         except BaseException as e:
-            if lead:
-                write_json(run_dir / RUN, _meta("failed", started, time.time() - t_start, id=rid,
+            if run.lead:
+                write_json(run.dir / RUN, _meta("failed", run.started, time.time() - run.t_start, id=rid,
                                                 error=f"{type(e).__name__}: {e}"))
             raise
-        test_acc = float("nan")
-        if lead:
-            if keep_best and (run_dir / BEST).is_file():
-                model.load_state_dict(load_tensors(run_dir / BEST))
-                # the kept epoch: the first with the best criterion (as the strict > above)
-                kept = max(rows, key=lambda r: (score(r), -int(r["epoch"])))
-                test_acc = float(kept["test_acc"])
-            else:
-                test_acc = float(rows[-1]["test_acc"])
-            save_tensors(run_dir / MODEL, model.state_dict())
-            write_json(run_dir / RUN, _meta("completed", started, time.time() - t_start, id=rid, epoch=cfg.epochs,
-                                            test_acc=test_acc, world_size=world))
+        test_acc = finish(run)
         ddp.barrier()
-    return {"id": rid, "dir": run_dir, "status": "completed", "test_acc": test_acc, "already": False,
-            "model": model}
-
-
-def load_model(run: dict, device: str | torch.device = "cpu", data=None, data_dir=None):
-    """A stored run's model (from store.read_run/find_run), in eval mode, on device. Token models
-    need their dataset's vocabulary: pass the loaded `data`, or it is loaded here."""
-    from .config import from_dict
-
-    cfg = from_dict(run["config"])
-    if data is None and get_dataset(cfg.dataset, data_dir or cfg.data_dir).layout == "tokens":
-        data = load_data(cfg, 1, 1, data_dir)
-    model = build_model(cfg, data, data_dir)
-    path = run["dir"] / MODEL
-    try:
-        model.load_state_dict(load_tensors(path))
-    except Exception as e:  # noqa: BLE001 - a truncated, foreign or mismatched file: one line
-        raise SgtoolError(f"{path} is corrupt or does not fit the run's model ({type(e).__name__}); "
-                          f"retrain it with `sgtool train ... --force` (the run's flags)") from None
-    return model.to(device).eval(), cfg
+    return {"id": rid, "dir": run.dir, "status": "completed", "test_acc": test_acc, "already": False,
+            "model": run.model}

@@ -31,7 +31,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def record_model_inputs(monkeypatch, module_name: str = "sgtool.evaluate.mask_eval") -> list:
+def record_model_inputs(monkeypatch, module_name: str = "sgtool.evaluate.pipeline") -> list:
     """Wrap the models that `module_name` loads so that every input they see is appended (a
     detached copy) to the returned list."""
     import importlib

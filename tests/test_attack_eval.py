@@ -14,8 +14,9 @@ from sgtool.config import AttackConfig, make_config
 from sgtool.evaluate import attack_eval
 from sgtool.evaluate.attack import _attack_mode, _attack_warnings
 from sgtool.models import build
+from sgtool.runs import accuracy, load_model
 from sgtool.store import find_run, load_tensors, read_csv, save_tensors
-from sgtool.train import accuracy, load_model, train_run
+from sgtool.train import train_run
 
 runner = CliRunner()
 FAST = AttackConfig(methods=("fgsm", "pgd", "mifgsm"), eps=(0.0, 0.1, 0.3), steps=3, step_size=0.1, limit=32)
@@ -176,12 +177,12 @@ def test_cli_table_and_warnings(run, tmp_path):
     (["--eps", "-0.1"], 2, "--eps must be non-negative, got -0.1"),
     (["--eps", "1.5"], 2, "--eps must be in [0, 1] (pixel space) for synthetic, got 1.5"),
     (["--eps", "0.1,abc"], 2, "--eps: 'abc' is not a number"),
-    (["--eps", "0.1,,0.3"], 2, "--eps: '' is not a number"),
+    (["--eps", ","], 2, "--eps: 'eps' is empty"),
     (["--eps", "nan"], 2, "--eps: nan is not a finite number"),
-    (["--steps", "0"], 2, "--steps must be an integer of at least 1, got 0"),
-    (["--restarts", "0"], 2, "--restarts must be an integer of at least 1"),
-    (["--step-size", "-1"], 2, "--step-size must be a positive number"),
-    (["--limit", "0"], 2, "--limit must be an integer of at least 1"),
+    (["--steps", "0"], 2, "--steps must be at least 1, got 0"),
+    (["--restarts", "0"], 2, "--restarts must be at least 1"),
+    (["--step-size", "-1"], 2, "--step-size must be positive, got -1.0"),
+    (["--limit", "0"], 2, "--limit must be at least 1"),
     (["--device", "tpu"], 2, "unknown device 'tpu'"),
 ])
 def test_bad_input_one_line(run, tmp_path, args, code, fragment):

@@ -10,13 +10,16 @@ from typer.testing import CliRunner
 
 from sgtool import report
 from sgtool.cli import app
-from sgtool.config import make_config
+from sgtool.config import ExplainConfig, make_config
+from sgtool.evaluate import explain_run, read_maps
 from sgtool.errors import UsageError
-from sgtool.report.explain import CELL_W, explain_size
-from sgtool.report.plots import DPI, plot_explain
+from sgtool.report.figure import DPI
+from sgtool.report.maps import CELL_W, explain_size
+from sgtool.report.plots import plot_explain
+from sgtool.runs import load_model
 from sgtool.saliency import LogProb, get_saliency
 from sgtool.store import find_run, runs_root
-from sgtool.train import load_model, train_run
+from sgtool.train import train_run
 
 TINY = dict(dataset="synthetic", model="mlp", train_size=256, test_size=64, epochs=1)  # mlp: fast
 
@@ -39,11 +42,11 @@ def png_size(path) -> tuple[int, int]:
 
 def test_png_grid_size_and_raw_maps(runs, tmp_path):
     out = tmp_path / "maps" / "grid.png"
-    res = report.explain(runs, ["grad", "random"], n=3, out=out, device="cpu")
+    res = report.explain(runs, ExplainConfig(methods=("grad", "random"), n=3, device="cpu"), out=out)
     # one row per sample; the input column plus one per (run, method) pair
     assert png_size(out) == res["size"] == explain_size(3, 1 + 2 * 2)
     assert res["size"][0] == round(5 * CELL_W * DPI)
-    maps = report.read_maps(res["maps"])
+    maps = read_maps(res["maps"])
     assert res["maps"] == tmp_path / "maps" / "grid.safetensors"
     assert [(c["run"], c["method"]) for c in maps["columns"]] == [
         (runs[0]["id"], "grad"), (runs[0]["id"], "random"), (runs[1]["id"], "grad"), (runs[1]["id"], "random")]
@@ -57,27 +60,27 @@ def test_png_grid_size_and_raw_maps(runs, tmp_path):
 
 
 def test_index_picks_samples_and_bad_input(runs, tmp_path):
-    res = report.explain(runs[:1], ["grad"], indices=[5, 2], out=tmp_path / "i.png", device="cpu")
-    assert report.read_maps(res["maps"])["index"].tolist() == [5, 2]
+    res = report.explain(runs[:1], ExplainConfig(indices=(5, 2), device="cpu"), out=tmp_path / "i.png")
+    assert read_maps(res["maps"])["index"].tolist() == [5, 2]
     assert png_size(res["png"]) == explain_size(2, 2)
     with pytest.raises(UsageError, match="--index 64 is out of range: the test split has 64 samples"):
-        report.explain(runs[:1], ["grad"], indices=[64], out=tmp_path / "j.png", device="cpu")
+        report.explain(runs[:1], ExplainConfig(indices=(64,), device="cpu"), out=tmp_path / "j.png")
     with pytest.raises(UsageError, match="unknown saliency method 'nope'"):
-        report.explain(runs[:1], ["nope"], out=tmp_path / "k.png")
+        report.explain(runs[:1], ExplainConfig(methods=("nope",)), out=tmp_path / "k.png")
     with pytest.raises(UsageError, match="one dataset"):
         other = {**runs[0], "config": {**runs[0]["config"], "dataset": "mnist"}}
-        report.explain([runs[0], other], ["grad"], out=tmp_path / "l.png")
+        report.explain([runs[0], other], ExplainConfig(), out=tmp_path / "l.png")
     with pytest.raises(UsageError, match=r"\.png"):
-        report.explain(runs[:1], ["grad"], out=tmp_path / "m.jpg")
+        report.explain(runs[:1], ExplainConfig(), out=tmp_path / "m.jpg")
     assert not list(tmp_path.glob("[jklm].*"))  # nothing written on bad input
 
 
 def test_explain_run_is_cached_and_reported_side_by_side(runs, tmp_path):
-    cfg = report.ExplainConfig(methods=("grad",), n=2, device="cpu")
-    first = [report.explain_run(r, cfg) for r in runs]
+    cfg = ExplainConfig(methods=("grad",), n=2, device="cpu")
+    first = [explain_run(r, cfg) for r in runs]
     assert [f["cached"] for f in first] == [False, False]
     mtime = first[0]["maps"].stat().st_mtime_ns
-    again = report.explain_run(runs[0], cfg)
+    again = explain_run(runs[0], cfg)
     assert again["cached"] and again["maps"].stat().st_mtime_ns == mtime
     rep = report.collect(runs[0]["dir"].parent)
     figs = plot_explain(rep)
@@ -103,7 +106,7 @@ def test_cli_explain(runs, tmp_path):
     assert r.exit_code == 0, r.output
     for args, code, msg in [
         ([runs[0]["id"], "--method", "gradd"], 2, "unknown saliency method 'gradd'"),
-        ([runs[0]["id"], "--index", "1,x"], 2, "--index expects a comma-separated list"),
+        ([runs[0]["id"], "--index", "1,x"], 2, "--index: 'x' is not an integer"),
         ([runs[0]["id"], "--n", "0"], 2, "--n must be at least 1"),
         (["ffffffffffff"], 1, "no run 'ffffffffffff'"),
         ([], 1, "name a run id"),

@@ -24,9 +24,10 @@ from sgtool.data import load
 from sgtool.errors import UsageError
 from sgtool.evaluate import mask_eval, precision_at_gt, saliency_precision_recall
 from sgtool.layout import removal_rank
+from sgtool.runs import accuracy, load_model
 from sgtool.saliency import SALIENCY, get_saliency, position_score
 from sgtool.store import find_run
-from sgtool.train import accuracy, load_model, train_run
+from sgtool.train import train_run
 from tests.conftest import record_model_inputs
 
 TRAIN = dict(dataset="synthetic", model="mlp", trainer="standard", train_size=256, test_size=64, epochs=1,
@@ -183,7 +184,7 @@ def test_config_validation():
         (dict(methods="grad,lime"), "unknown saliency method 'lime'; choose from: deeplift"),
         (dict(fractions="0,1"), "outside [0, 1)"),
         (dict(fractions="nan"), "outside [0, 1)"),
-        (dict(fractions="0,x"), "'x' is not a valid value"),
+        (dict(fractions="0,x"), "'x' is not a number"),
         (dict(limit=0), "--limit must be at least 1"),
         (dict(batch_size=0), "--batch-size must be at least 1"),
         (dict(order="middle"), "unknown order 'middle'"),

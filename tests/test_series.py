@@ -14,9 +14,9 @@ from sgtool.data import get_dataset, load
 from sgtool.data.series import BACKGROUNDS, TSB_TYPES, _narma_curve, make_tsb, read_ts
 from sgtool.errors import SgtoolError, UsageError
 from sgtool.evaluate.ground_truth import axis_precision_recall, series_metrics
-from sgtool.evaluate.tsr import tsr
 from sgtool.models import build, models_for
 from sgtool.saliency import SALIENCY, needs_cudnn_off
+from sgtool.saliency.tsr import tsr
 from sgtool.sgt import SGTLoss
 from tests.conftest import train_standard_and_sgt
 from tests.toys import ToySeries

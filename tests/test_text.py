@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from sgtool.cli import app
 from sgtool.config import make_config, mask_eval_config
 from sgtool.data import get_dataset, load
-from sgtool.data.text import make_synthetic_text, read_glove
+from sgtool.data.glove import read_glove
+from sgtool.data.text import make_synthetic_text
 from sgtool.errors import SgtoolError, UsageError
 from sgtool.evaluate.eraser import auprc, delete, faithfulness, iou_f1, plausibility, top_tokens
 from sgtool.layout import LAYOUTS
@@ -584,7 +585,7 @@ def test_eraser_defaults_to_erasers_embedding_dropout_and_old_runs_keep_their_id
 
     from sgtool import find_run, runs_root
     from sgtool.config import config_hash, from_dict, to_dict
-    from sgtool.train import build_model, load_data, load_model
+    from sgtool.runs import build_model, load_data, load_model
 
     root = movies_like(tmp_path)
     cfg = make_config(dataset="eraser-movies", trainer="standard", epochs=1, width=4, data_dir=str(root),

@@ -348,7 +348,7 @@ def test_metrics_csv_keeps_a_column_that_later_rows_add(tmp_path):
 def test_split_scores_are_the_mean_nll_and_accuracy_over_all_batches():
     """split_scores (the validation row of --select val-loss) averages the cross-entropy over the
     whole split, whatever the batching, and leaves the model in the mode it found it in."""
-    from sgtool.train import split_scores
+    from sgtool.runs import split_scores
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5))
@@ -365,7 +365,7 @@ def test_split_scores_are_the_mean_nll_and_accuracy_over_all_batches():
 
 def test_split_scores_marks_each_document_in_its_own_place():
     """Token ids are batched longest first; "correct" must still follow x's order."""
-    from sgtool.train import split_scores
+    from sgtool.runs import split_scores
 
     class FirstToken(nn.Module):  # predicts class = the first token's id mod 2
         pad_id = 0

@@ -11,158 +11,19 @@ network, or SGTOOL_OFFLINE=1) the error names the file and `--data-dir`.
 `register_dataset(name, loader, layout=..., shape=..., num_classes=...)` adds your own.
 """
 
-from __future__ import annotations
+from . import files, images, series, text  # noqa: F401 - each family registers its datasets
+from .registry import (
+    DATASETS,
+    PREFIXES,
+    Data,
+    DatasetSpec,
+    default_data_dir,
+    get_dataset,
+    load,
+    register_dataset,
+    split_sizes,
+    takes_option,
+)
 
-import inspect
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
-
-from ..errors import UsageError, unknown_name
-
-
-@dataclass
-class Data:
-    x_train: torch.Tensor  # image (N, C, H, W) in [0, 1]; series (N, T, F); tokens (N, L) int64
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: list[str]
-    # Ground-truth salient features, where the dataset has them: image (N, 1, H, W), series
-    # (N, T, F), tokens (N, L); bool.
-    gt_train: torch.Tensor | None = None
-    gt_test: torch.Tensor | None = None
-    # Which steps (series, (N, T)) or tokens (text, (N, L): the document's, not padding or the
-    # query) are real and may be ranked and masked; None: all of them.
-    valid_train: torch.Tensor | None = None
-    valid_test: torch.Tensor | None = None
-    # Whatever else the family carries: "vocab" and "vectors" (text), "background" (a series
-    # sampler (n, generator) -> (n, T, F)), "ids" (document ids), ...
-    extras: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    loader: object  # fn(data_dir, train_size, test_size, **options) -> Data
-    shape: tuple  # one sample: image (C, H, W), series (T, F), tokens (L,)
-    num_classes: int
-    mean: tuple[float, ...] = ()  # images: per-channel, the model's first layer
-    std: tuple[float, ...] = ()
-    # Training defaults for this dataset: filled into the config where the user set nothing.
-    defaults: dict = field(default_factory=dict)
-    # Attack defaults (eps, step size, steps) used by `sgtool attack`.
-    attack: dict = field(default_factory=dict)
-    # The asgt trainer's attack defaults, where they differ from `attack`: an attack runs on
-    # every training batch, so it takes fewer, larger steps within the same eps.
-    train_attack: dict = field(default_factory=dict)
-    layout: str = "image"  # image | series | tokens
-    bounds: tuple[float, float] | None = (0.0, 1.0)  # the input range attacks clip to; None: none
-    version: int | None = None  # the data's version; configs store it, old runs keep theirs
-    description: str = ""
-    has_gt: bool = False
-    background: bool = False  # series: Data.extras["background"] samples the background process
-    value_range: float | None = None  # the data's range, where no bounds clip it (eps is checked against it)
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(name: str, loader, *, shape, num_classes: int, layout: str = "image",
-                     mean=(), std=(), defaults=None, attack=None, train_attack=None,
-                     bounds=(0.0, 1.0), version=None, description: str = "", has_gt: bool = False,
-                     background: bool = False, value_range: float | None = None) -> DatasetSpec:
-    """Add (or replace) a dataset. loader(data_dir, train_size, test_size, **options) -> Data.
-    Image datasets give per-channel mean and std (the model's Normalize); `defaults` are
-    training config values (model, epochs, batch_size, optimizer, lr) for this dataset."""
-    from ..layout import LAYOUTS
-
-    if layout not in LAYOUTS:
-        raise unknown_name("layout", layout, LAYOUTS)
-    if layout == "image" and not (len(mean) == len(std) == shape[0]):
-        raise ValueError(f"dataset {name}: an image dataset needs mean and std per channel")
-    attack = attack or dict(eps=0.1, step_size=0.01, steps=20)
-    spec = DatasetSpec(loader, tuple(shape), num_classes, tuple(mean), tuple(std), dict(defaults or {}),
-                       dict(attack), dict(train_attack or {}), layout, bounds, version, description, has_gt,
-                       background, value_range)
-    DATASETS[name] = spec
-    return spec
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SGTOOL_DATA_DIR", "./data"))
-
-
-# prefix -> fn(name) -> DatasetSpec, for datasets named by a path or an archive name: "npz:PATH",
-# "pt:PATH" (files.py), "uea:NAME" (series.py), "eraser:NAME" (text.py).
-PREFIXES: dict[str, object] = {}
-
-
-def get_dataset(name: str, data_dir=None) -> DatasetSpec:
-    """The spec of a registered name, or of a prefixed one ("npz:PATH", "uea:NAME", ...), whose
-    shape may come from files under data_dir."""
-    prefix = name.split(":", 1)[0] if ":" in name else None
-    if prefix in PREFIXES:
-        return PREFIXES[prefix](name, data_dir)
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, [*DATASETS, *(f"{p}:..." for p in PREFIXES)])
-    return DATASETS[name]
-
-
-def takes_option(spec: DatasetSpec, name: str) -> bool:
-    """Whether a dataset's loader reads the option `name`: load() hands it only those."""
-    params = inspect.signature(spec.loader).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def load(name: str, data_dir: str | Path | None = None, train_size: int | None = None,
-         test_size: int | None = None, **options) -> Data:
-    """Load a dataset by name: the one entry point the rest of sgtool uses. options (version,
-    max_len, embeddings, ...) reach the loaders that take them."""
-    spec = get_dataset(name, data_dir)
-    kw = {k: v for k, v in options.items() if (v is not None or k == "run_train_size") and takes_option(spec, k)}
-    data = spec.loader(Path(data_dir) if data_dir else default_data_dir(), train_size, test_size, **kw)
-    if not isinstance(data, Data):
-        raise UsageError(f"dataset {name}: its loader returned {type(data).__name__}, not sgtool.Data")
-    return data
-
-
-def split_sizes(n_train: int, n_test: int, train_size: int | None, test_size: int | None) -> tuple[int, int]:
-    """The first train_size / test_size samples of splits of n_train / n_test."""
-    return (n_train if train_size is None else min(train_size, n_train),
-            n_test if test_size is None else min(test_size, n_test))
-
-
-# The families register themselves.
-from . import images as _images  # noqa: E402
-
-_MNIST_TRAIN = dict(model="mnist-cnn", epochs=3, batch_size=64, optimizer="adadelta", lr=1.0)
-_MNIST_ATTACK = dict(eps=0.3, step_size=0.01, steps=40)
-_MNIST_TRAIN_ATTACK = dict(eps=0.3, step_size=0.05, steps=10)
-
-register_dataset(
-    "synthetic", _images.load_synthetic, shape=(1, 28, 28), num_classes=10, mean=(0.25,), std=(0.25,),
-    defaults=dict(model="small-cnn", epochs=2, batch_size=64, optimizer="adam", lr=2e-3),
-    attack=dict(eps=0.1, step_size=0.01, steps=20), has_gt=True, version=2,
-    description="built in: noise images whose class is set by a 5x5 pattern, among two fainter ones "
-                "(--data-version 1: the pattern alone, sgtool 0.1's task)")
-register_dataset(
-    "mnist", _images.idx_loader("mnist", _images.MNIST_FILES, [str(i) for i in range(10)]),
-    shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,), defaults=_MNIST_TRAIN,
-    attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK, description="MNIST digits (IDX files)")
-register_dataset(
-    "fashion-mnist", _images.idx_loader("fashion-mnist", _images.FASHION_FILES, _images.FASHION_CLASSES),
-    shape=(1, 28, 28), num_classes=10, mean=(0.2860,), std=(0.3530,), defaults=_MNIST_TRAIN,
-    attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK, description="Fashion-MNIST (IDX files)")
-register_dataset(
-    "cifar10", _images.load_cifar10, shape=(3, 32, 32), num_classes=10, mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2470, 0.2435, 0.2616),
-    defaults=dict(model="resnet20", epochs=30, batch_size=128, optimizer="sgd", lr=0.1, augment="crop-flip"),
-    attack=dict(eps=8 / 255, step_size=2 / 255, steps=10), description="CIFAR-10 (python batches)")
-
-from . import files as _files  # noqa: E402,F401
-from . import series as _series  # noqa: E402,F401
-from . import text as _text  # noqa: E402,F401
-
-__all__ = ["Data", "DatasetSpec", "DATASETS", "register_dataset", "get_dataset", "load", "default_data_dir"]
+__all__ = ["Data", "DatasetSpec", "DATASETS", "PREFIXES", "register_dataset", "get_dataset", "load",
+           "default_data_dir", "split_sizes", "takes_option"]

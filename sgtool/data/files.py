@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import SgtoolError, UsageError
-from . import PREFIXES, Data, DatasetSpec
 from .download import file_hash
+from .registry import PREFIXES, Data, DatasetSpec
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 DEFAULTS = {

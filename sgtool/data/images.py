@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import SgtoolError
-from . import Data
 from .download import download, find
+from .registry import Data, register_dataset
 
 # --------------------------------------------------------------------------- synthetic
 
@@ -259,3 +259,26 @@ def load_cifar10(data_dir: Path, train_size: int | None, test_size: int | None) 
     return Data(f(xtr), torch.from_numpy(ytr.copy()), f(xte), torch.from_numpy(yte.copy()), classes)
 
 
+_MNIST_TRAIN = dict(model="mnist-cnn", epochs=3, batch_size=64, optimizer="adadelta", lr=1.0)
+_MNIST_ATTACK = dict(eps=0.3, step_size=0.01, steps=40)
+_MNIST_TRAIN_ATTACK = dict(eps=0.3, step_size=0.05, steps=10)
+
+register_dataset(
+    "synthetic", load_synthetic, shape=(1, 28, 28), num_classes=10, mean=(0.25,), std=(0.25,),
+    defaults=dict(model="small-cnn", epochs=2, batch_size=64, optimizer="adam", lr=2e-3),
+    attack=dict(eps=0.1, step_size=0.01, steps=20), has_gt=True, version=2,
+    description="built in: noise images whose class is set by a 5x5 pattern, among two fainter ones "
+                "(--data-version 1: the pattern alone, sgtool 0.1's task)")
+register_dataset(
+    "mnist", idx_loader("mnist", MNIST_FILES, [str(i) for i in range(10)]),
+    shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,), defaults=_MNIST_TRAIN,
+    attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK, description="MNIST digits (IDX files)")
+register_dataset(
+    "fashion-mnist", idx_loader("fashion-mnist", FASHION_FILES, FASHION_CLASSES),
+    shape=(1, 28, 28), num_classes=10, mean=(0.2860,), std=(0.3530,), defaults=_MNIST_TRAIN,
+    attack=_MNIST_ATTACK, train_attack=_MNIST_TRAIN_ATTACK, description="Fashion-MNIST (IDX files)")
+register_dataset(
+    "cifar10", load_cifar10, shape=(3, 32, 32), num_classes=10, mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    defaults=dict(model="resnet20", epochs=30, batch_size=128, optimizer="sgd", lr=0.1, augment="crop-flip"),
+    attack=dict(eps=8 / 255, step_size=2 / 255, steps=10), description="CIFAR-10 (python batches)")

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ..errors import SgtoolError, UsageError, unknown_name
-from . import PREFIXES, Data, DatasetSpec, register_dataset
 from .download import download, find, offline
+from .registry import PREFIXES, Data, DatasetSpec, default_data_dir, load, register_dataset
 
 T_TSB, F_TSB, N_TRAIN, N_TEST = 50, 50, 1000, 100
 
@@ -242,8 +242,6 @@ for _kind in TSB_TYPES:
 
 
 def _mnist_seq(data_dir, train_size, test_size) -> Data:
-    from . import load
-
     d = load("mnist", data_dir, train_size, test_size)
     return Data(d.x_train[:, 0], d.y_train, d.x_test[:, 0], d.y_test, d.classes)  # (N, 28 rows, 28 pixels)
 
@@ -401,8 +399,6 @@ for _name, (_uea, _shape, _classes, _what) in UEA_SETS.items():
 
 def _uea_spec(name: str, data_dir=None) -> DatasetSpec:
     """uea:NAME: the shape and classes come from its files under the data dir (read once)."""
-    from . import default_data_dir
-
     uea = name.split(":", 1)[1]
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", uea or ""):
         raise UsageError(f"--dataset {name}: give uea:NAME with the archive's dataset name, e.g. uea:BasicMotions")

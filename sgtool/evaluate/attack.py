@@ -9,21 +9,19 @@ Images and series; a token model has no input space to attack (see the README).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from .. import distributed as ddp
-from ..config import eval_hash
-from ..data import get_dataset
+from ..attacks import predict, run_attack
+from ..config import AttackConfig, eval_hash
 from ..errors import SgtoolError, UsageError
-from ..models import freeze
-from ..store import read_csv, write_csv, write_json
-from ..train import load_data, load_model, pick_device
+from ..saliency import input_gradient
+from ..store import tensor_bytes
+from .pipeline import ROWS, Context, Evaluation, Output, evaluate
+
+EXAMPLES = ".examples.safetensors"
 
 ZERO_GRAD_WARN = 0.1  # share of samples with an all-zero input gradient that flags gradient masking
 
@@ -72,50 +70,19 @@ def _attack_warnings(acc: dict, methods, eps, fgsm_ref: dict, zero_share: float,
     return out
 
 
-def _read_attack_rows(path) -> list[dict]:
-    return [{"run": r["run"], "method": r["method"], "eps": float(r["eps"]), "accuracy": float(r["accuracy"]),
-             "n": int(r["n"])} for r in read_csv(path)]
-
-
-def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False, on_progress=None) -> dict:
-    """Clean accuracy, robust accuracy for each (method, eps) and the per-sample worst case over
-    the methods at each eps (method "worst"), on the run's test split (first cfg.limit samples).
-
-    Writes <run dir>/attack/<id>.csv (run, method, eps, accuracy, n), the adversarial examples
-    as <id>.examples.safetensors with save_examples (keys "x", "y" and "<method>/<eps>"), and
-    <id>.json last. A rerun with the same resolved config is served from that cache unless
-    force. on_progress(done, total, method, eps) is called after each attacked batch.
-    Returns {"id", "rows", "clean_accuracy", "warnings", "path", "cached", "examples"}.
-    """
-    from ..attacks import predict, run_attack
-    from ..config import resolve_attack
-    from ..saliency import input_gradient
-    from ..store import save_tensors
-
-    data_dir = cfg.data_dir or run["config"].get("data_dir")
-    spec = get_dataset(run["config"]["dataset"], data_dir)
+def check(run: dict, spec) -> None:
     if spec.layout == "tokens":
         raise UsageError(f"run {run['id']} is a text model: its input is token ids, which an eps-ball "
                          f"does not perturb; attack image and series runs")
-    cfg = resolve_attack(cfg, run["config"]["dataset"], data_dir)
-    eid = eval_hash(cfg, run["id"])
-    out_dir = Path(run["dir"]) / "attack"
-    csv_path, json_path = out_dir / f"{eid}.csv", out_dir / f"{eid}.json"
-    ex_path = out_dir / f"{eid}.examples.safetensors"
-    if not force and json_path.is_file() and csv_path.is_file() and (not save_examples or ex_path.is_file()):
-        meta = json.loads(json_path.read_text())
-        return {"id": eid, "rows": _read_attack_rows(csv_path), "clean_accuracy": meta["clean_accuracy"],
-                "warnings": meta["warnings"], "path": csv_path, "cached": True,
-                "examples": ex_path if ex_path.is_file() else None}
 
-    device, lead = ddp.join(pick_device(cfg.device))
-    model, tcfg = load_model(run, device, data_dir=data_dir)
-    model = freeze(model)  # input gradients only; channels-last
-    data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=cfg.data_dir)
-    try:
-        out_dir.mkdir(exist_ok=True)
-    except OSError as e:
-        raise SgtoolError(f"cannot write {out_dir}: {e.strerror or e}") from None
+
+def compute(ctx: Context) -> Output:
+    """Clean accuracy, robust accuracy for each (method, eps) and the per-sample worst case over
+    the methods at each eps (method "worst"), on the run's test split (first cfg.limit samples);
+    with the option save_examples, the adversarial examples (keys "x", "y" and "<method>/<eps>")."""
+    cfg, spec, data, model, device, lead, run = ctx.cfg, ctx.spec, ctx.data, ctx.model, ctx.device, ctx.lead, ctx.run
+    on_progress, save_examples = ctx.on_progress, ctx.options.get("save_examples", False)
+    eid = eval_hash(cfg, run["id"])
     x_all, y_all = data.x_test[: cfg.limit], data.y_test[: cfg.limit]
     n, eps, methods = len(x_all), cfg.eps, cfg.methods
     # FGSM also runs as the yardstick of the "weaker than FGSM" flag when it was not asked for.
@@ -176,6 +143,7 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
     rows = [{"run": run["id"], "method": "clean", "eps": 0.0, "accuracy": clean, "n": n}]
     rows += [{"run": run["id"], "method": m, "eps": e, "accuracy": acc[m, e], "n": n}
              for m in [*methods, "worst"] for e in eps]
+    files = {}
     if save_examples and lead:
         tensors = {k: torch.cat(v) for k, v in examples.items()}
         for e in eps:
@@ -189,14 +157,23 @@ def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False
                 fooled |= take
             tensors[_examples_key("worst", e)] = xw
         tensors.update(x=x_all, y=y_all)
-        save_tensors(ex_path, tensors, metadata={"run": run["id"], "eval": eid})
-    if lead:  # one process writes
-        write_csv(csv_path, rows)
-        write_json(json_path, {
-            "kind": "attack", "run": run["id"], "config": dataclasses.asdict(cfg), "clean_accuracy": clean,
-            "warnings": warnings, "n": n, "zero_grad_share": zero_share,
-            "created": datetime.now(timezone.utc).isoformat(),
-        })
-    ddp.barrier()
-    return {"id": eid, "rows": rows, "clean_accuracy": clean, "warnings": warnings, "path": csv_path,
-            "cached": False, "examples": ex_path if save_examples else None}
+        files[EXAMPLES] = tensor_bytes(tensors, metadata={"run": run["id"], "eval": eid})
+    meta = {"clean_accuracy": clean, "warnings": warnings, "n": n, "zero_grad_share": zero_share}
+    return Output(rows, meta=meta, files=files)
+
+
+def expected_rows(cfg: dict) -> dict:
+    return {ROWS: 1 + (len(cfg["methods"]) + 1) * len(cfg["eps"])}
+
+
+ATTACK = Evaluation("attack", AttackConfig, compute, rows=expected_rows, check=check,
+                    needs=lambda options: (EXAMPLES,) if options.get("save_examples") else ())
+
+
+def attack_eval(run: dict, cfg, save_examples: bool = False, force: bool = False, on_progress=None) -> dict:
+    """`evaluate(ATTACK, ...)`: robust accuracy of a stored run, cached under <run dir>/attack/
+    (<id>.csv: run, method, eps, accuracy, n; <id>.examples.safetensors with save_examples; <id>.json
+    last). on_progress(done, total, method, eps) is called after each attacked batch. The result
+    adds "examples", the examples' path or None."""
+    res = evaluate(ATTACK, run, cfg, force, on_progress, save_examples=save_examples)
+    return {**res, "examples": res["files"].get(EXAMPLES)}

@@ -23,21 +23,18 @@ The ERASER results JSONL of each method is written next to the CSVs, for the off
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import MaskEvalConfig, eval_hash
-from ..errors import SgtoolError
-from ..layout import LAYOUTS, Embedded
-from ..store import atomic_write_text, write_csv, write_json
-from ..train import length_batches, load_data, load_model, pick_device, trim
+from ..layout import LAYOUTS, Embedded, removal_rank
+from ..runs import length_batches, trim
+from ..saliency import explain_setup, get_saliency, rnn_safe
+from .pipeline import Context, Output
 
 TEXT_BATCH = 16
 
@@ -49,8 +46,6 @@ def _seed(seed: int, batch: int, stream: int) -> int:
 def top_tokens(score: torch.Tensor, valid: torch.Tensor, frac: float, generator=None) -> torch.Tensor:
     """(B, L) bool: each document's ⌈n·frac⌉ highest-scoring valid tokens (n its valid tokens).
     Ties are broken at random with a generator, else by position."""
-    from ..layout import removal_rank
-
     k = torch.ceil(valid.sum(1).double() * frac - 1e-9).long()  # (B,)
     rank = removal_rank(score.masked_fill(~valid, float("-inf")), valid, generator)
     return (rank < k[:, None]) & valid
@@ -165,29 +160,11 @@ def _attributions(model, explained, kw, fn, ids, valid, target, seed):
     return lay.score(attr, b.inp, "abs").float().masked_fill(~b.valid, float("-inf")).cpu()
 
 
-def eraser_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=None) -> dict:
-    """ERASER's metrics of a text run's model on its test split, for every method of cfg; cached
-    under <run>/mask_eval/ like mask-eval (<id>.csv: run, method, fraction, comprehensiveness,
-    sufficiency, n; <id>.summary.csv: one row per method; <id>.<method>.eraser.jsonl; <id>.json last)."""
-    from ..saliency import explain_setup, get_saliency, rnn_safe
-    from .mask_eval import _cached_mask_eval, _mask_eval_paths
-
-    eid = eval_hash(cfg, run["id"])
-    paths = _mask_eval_paths(run, eid)
-    if not force and (hit := _cached_mask_eval(run, eid, paths, cfg)) is not None:
-        return hit
-    device = pick_device(cfg.device)
-    data_dir = cfg.data_dir or run["config"].get("data_dir")
-    from ..config import from_dict
-
-    tcfg = from_dict(run["config"])
-    data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=data_dir)
-    model, _ = load_model(run, device, data=data, data_dir=data_dir)
-    model.requires_grad_(False)
-    try:
-        paths["csv"].parent.mkdir(exist_ok=True)
-    except OSError as e:
-        raise SgtoolError(f"cannot write {paths['csv'].parent}: {e.strerror or e}") from None
+def compute(ctx: Context) -> Output:
+    """ERASER's metrics of a text run's model on its test split, for every method of cfg: rows
+    (run, method, fraction, comprehensiveness, sufficiency, n), a summary row per method, and the
+    results JSONL of each method for ERASER's scorer (<id>.<method>.eraser.jsonl)."""
+    cfg, data, model, device, run, on_progress = ctx.cfg, ctx.data, ctx.model, ctx.device, ctx.run, ctx.on_progress
     n = len(data.x_test) if cfg.limit is None else min(cfg.limit, len(data.x_test))
     ids_all, valid_all, gt_all = data.x_test[:n], data.valid_test[:n], data.gt_test[:n]
     pad = data.extras.get("pad_id", 0)
@@ -252,16 +229,11 @@ def eraser_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress
         exported[name] = _export(data, n, fracs, cfg, p_full, pc0, ps0, scores0, plaus0)
         seconds[name] = round(time.perf_counter() - t0, 3)
     clean_acc = round((yhat == data.y_test[:n]).float().mean().item(), 6)
-    write_csv(paths["csv"], rows)
-    write_csv(paths["summary"], summary)
-    for name, text in exported.items():
-        atomic_write_text(paths["csv"].with_name(f"{eid}.{name}.eraser.jsonl"), text)
-    write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
-                               "created": datetime.now(timezone.utc).isoformat(), "n": n, "clean_accuracy": clean_acc,
-                               "seconds": seconds, "rationale_fraction": r_frac, "fractions_scored": fracs,
-                               "truncated_rationale_tokens": list(data.extras.get("truncated_rationale", (0, 0)))})
-    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False, "config": cfg,
-            "seconds": seconds, "clean_accuracy": clean_acc}
+    meta = {"n": n, "clean_accuracy": clean_acc, "seconds": seconds, "rationale_fraction": r_frac,
+            "fractions_scored": fracs,
+            "truncated_rationale_tokens": list(data.extras.get("truncated_rationale", (0, 0)))}
+    files = {f".{name}.eraser.jsonl": text.encode() for name, text in exported.items()}
+    return Output(rows, summary, meta, files)
 
 
 def _export(data, n, fracs, cfg, p_full, p_comp, p_suff, doc_scores, plaus) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..layout import removal_rank
+
 GT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # p of the weighted precision/recall
 
 
@@ -52,8 +54,6 @@ def saliency_precision_recall(score: torch.Tensor, gt: torch.Tensor, levels=GT_L
 def precision_at_gt(score: torch.Tensor, gt: torch.Tensor, generator=None) -> torch.Tensor:
     """Plain precision at |GT|: the share of the |GT| top-scored features that lie in the ground
     truth. score (B, ...), gt (B, ...) bool -> (B,); 0 where GT is empty."""
-    from ..layout import removal_rank
-
     b = score.shape[0]
     g = gt.reshape(b, -1)
     size = g.sum(1, keepdim=True)  # (B, 1)

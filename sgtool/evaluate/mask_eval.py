@@ -17,25 +17,18 @@ only insertion adds passes.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import distributed as ddp
-from ..config import MaskEvalConfig, eval_hash, resolve_mask_eval
-from ..data import get_dataset
-from ..errors import SgtoolError
+from ..config import MaskEvalConfig
 from ..layout import LAYOUTS, n_masked, removal_rank, valid_count
-from ..models import freeze
 from ..saliency import explain_setup, get_saliency, rnn_safe
-from ..store import read_csv, write_csv, write_json
-from ..train import load_data, load_model, pick_device
+from .eraser import compute as eraser_compute
 from .ground_truth import GT_LEVELS, precision_at_gt, saliency_precision_recall, series_metrics, trapezoid
+from .pipeline import ROWS, SUMMARY, Context, Evaluation, Output, evaluate
 
 DI_STEPS = 10
 
@@ -91,68 +84,16 @@ class _Passes:
         return self.cache[key]
 
 
-def _mask_eval_paths(run: dict, eid: str) -> dict:
-    folder = Path(run["dir"]) / "mask_eval"
-    return {"csv": folder / f"{eid}.csv", "summary": folder / f"{eid}.summary.csv", "json": folder / f"{eid}.json"}
-
-
-def _numbers(rows: list[dict]) -> list[dict]:
-    """CSV strings back to numbers ('' stays None), so cached results look like fresh ones."""
-    def conv(k, v):
-        if k in ("run", "method"):
-            return v
-        if v in ("", None):
-            return None
-        return int(v) if k == "n" else float(v)
-
-    return [{k: conv(k, v) for k, v in r.items()} for r in rows]
-
-
-def _cached_mask_eval(run: dict, eid: str, paths: dict, cfg) -> dict | None:
-    if not all(p.is_file() for p in paths.values()):
-        return None
-    try:
-        meta = json.loads(paths["json"].read_text())
-        rows, summary = _numbers(read_csv(paths["csv"])), _numbers(read_csv(paths["summary"]))
-    except (OSError, ValueError):
-        return None  # unreadable: evaluate again and overwrite
-    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": True, "config": cfg,
-            "seconds": meta.get("seconds", {}), "clean_accuracy": meta.get("clean_accuracy")}
-
-
-def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=None) -> dict:
+def compute(ctx: Context) -> Output:
     """Accuracy of a stored run's model as its most (order morf) or least (lerf) salient
     features are removed, for every saliency method and fraction of cfg; plus deletion and
     insertion AUC, and, where the dataset has ground truth, weighted saliency precision/recall.
-    A text run gets ERASER's comprehensiveness, sufficiency and plausibility (evaluate.eraser).
-
-    Returns {"id", "rows", "summary", "path" (the rows' CSV), "cached", "seconds" (per method),
-    "clean_accuracy", "config" (resolved: the run's kind of data filled in)}. Written under <run dir>/mask_eval/ as <id>.csv, <id>.summary.csv and,
-    last, <id>.json; a second call with the same config is served from there unless `force`.
-    `on_progress(method=, done=, total=)` is called after each batch of each method.
-    """
-    data_dir = cfg.data_dir or run["config"].get("data_dir")
-    cfg = resolve_mask_eval(cfg, run["config"]["dataset"], data_dir)
-    spec = get_dataset(run["config"]["dataset"], data_dir)
-    if spec.layout == "tokens":
-        from .eraser import eraser_eval
-
-        return eraser_eval(run, cfg, force=force, on_progress=on_progress)
-    eid = eval_hash(cfg, run["id"])
-    paths = _mask_eval_paths(run, eid)
-    if not force and (hit := _cached_mask_eval(run, eid, paths, cfg)) is not None:
-        return hit
-
-    device, lead = ddp.join(pick_device(cfg.device))
-    model, tcfg = load_model(run, device, data_dir=data_dir)
-    model = freeze(model)  # input gradients only; channels-last
+    A text run gets ERASER's comprehensiveness, sufficiency and plausibility (eraser.py)."""
+    if ctx.spec.layout == "tokens":
+        return eraser_compute(ctx)
+    cfg, spec, data, model, device, lead = ctx.cfg, ctx.spec, ctx.data, ctx.model, ctx.device, ctx.lead
+    on_progress, run = ctx.on_progress, ctx.run
     lay = LAYOUTS[spec.layout]
-    # The run's own test split (its --test-size), first `limit` samples; no training data needed.
-    data = load_data(tcfg, train_size=1, test_size=tcfg.test_size, data_dir=cfg.data_dir)
-    try:
-        paths["csv"].parent.mkdir(exist_ok=True)
-    except OSError as e:
-        raise SgtoolError(f"cannot write {paths['csv'].parent}: {e.strerror or e}") from None
     n = len(data.x_test) if cfg.limit is None else min(cfg.limit, len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]  # (n, ...), (n,)
     gt = None if data.gt_test is None else data.gt_test[:n].reshape(n, -1)  # (n, N) bool
@@ -238,15 +179,22 @@ def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=N
 
     rows, summary = _mask_eval_tables(run["id"], cfg, stats, n, gt is not None)
     clean_acc = round((clean_p.argmax(1) == y).float().mean().item(), 6)
-    if lead:  # one process writes
-        write_csv(paths["csv"], rows)
-        write_csv(paths["summary"], summary)
-        write_json(paths["json"], {"kind": "mask_eval", "run": run["id"], "config": dataclasses.asdict(cfg),
-                                   "created": datetime.now(timezone.utc).isoformat(), "n": n,
-                                   "clean_accuracy": clean_acc, "seconds": seconds})
-    ddp.barrier()
-    return {"id": eid, "rows": rows, "summary": summary, "path": paths["csv"], "cached": False, "config": cfg,
-            "seconds": seconds, "clean_accuracy": clean_acc}
+    return Output(rows, summary, meta={"n": n, "clean_accuracy": clean_acc, "seconds": seconds})
+
+
+def expected_rows(cfg: dict) -> dict:
+    return {ROWS: len(cfg["methods"]) * len(cfg["fractions"]), SUMMARY: len(cfg["methods"])}
+
+
+MASK_EVAL = Evaluation("mask_eval", MaskEvalConfig, compute, tables=(ROWS, SUMMARY), rows=expected_rows)
+
+
+def mask_eval(run: dict, cfg: MaskEvalConfig, force: bool = False, on_progress=None) -> dict:
+    """`evaluate(MASK_EVAL, ...)`: the accuracy drop of a stored run, cached under
+    <run dir>/mask_eval/ (<id>.csv: a row per method and fraction; <id>.summary.csv: a row per
+    method; <id>.json last). `on_progress(method=, done=, total=)` is called after each batch of
+    each method."""
+    return evaluate(MASK_EVAL, run, cfg, force, on_progress)
 
 
 def _mask_eval_tables(run_id: str, cfg: MaskEvalConfig, stats: dict, n: int, has_gt: bool):

@@ -15,69 +15,16 @@ nn.Module`; `register_model(name, factory, layout=...)` adds one under a short n
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import torch
 import torch.nn as nn
 
-from ..errors import UsageError, unknown_name
-from . import images
-from .images import Normalize
-
-MODELS: dict[str, object] = {}
-MODEL_LAYOUTS: dict[str, str] = {}
-
-
-def register_model(name: str, factory, layout: str = "image") -> None:
-    """Add (or replace) a model: factory(shape, num_classes, **options) -> nn.Module of logits,
-    for data of `layout` (image | series | tokens)."""
-    from ..layout import LAYOUTS
-
-    if layout not in LAYOUTS:
-        raise unknown_name("layout", layout, LAYOUTS)
-    MODELS[name] = factory
-    MODEL_LAYOUTS[name] = layout
-
-
-for _name, _fn in [("mnist-cnn", images.mnist_cnn), ("small-cnn", images.small_cnn), ("mlp", images.mlp),
-                   ("resnet20", images.resnet20), ("resnet18", images.resnet18)]:
-    register_model(_name, _fn, "image")
-
-
-def _import_factory(name: str):
-    """`package.module:function` -> the function; one line when it cannot be had."""
-    module, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # noqa: BLE001 - an import can fail in any way; the user gets one line
-        raise UsageError(f"--model {name}: cannot import {attr or '?'} from {module or '?'} "
-                         f"({type(e).__name__}: {e}); give module.path:factory on the Python path") from None
-    if not callable(fn):
-        raise UsageError(f"--model {name}: {attr} is not callable; give a factory (input_shape, num_classes)")
-    return fn
-
-
-def get_model(name: str):
-    """(factory, layout): a registered name (layout known) or `module:factory` (layout None: it
-    takes whatever the dataset gives)."""
-    if ":" in name:
-        return _import_factory(name), None
-    if name not in MODELS:
-        raise unknown_name("model", name, MODELS)
-    return MODELS[name], MODEL_LAYOUTS[name]
-
-
-def models_for(layout: str) -> list[str]:
-    return sorted(n for n, lay in MODEL_LAYOUTS.items() if lay == layout)
-
-
-def check_fits(name: str, spec, dataset: str) -> None:
-    """One line when a registered model is for another kind of data than the dataset's."""
-    _, layout = get_model(name)
-    if layout is not None and layout != spec.layout:
-        raise UsageError(f"model '{name}' takes {layout} data, but {dataset} is {spec.layout} data; "
-                         f"use one of: {', '.join(models_for(spec.layout))}")
+from ..data import get_dataset
+from ..errors import UsageError
+from ..nnutil import Normalize, input_std
+from . import images, series, text  # noqa: F401 - each family registers its models
+from .registry import MODEL_LAYOUTS, MODELS, check_fits, get_model, models_for, register_model
 
 
 def _call(factory, shape, num_classes, options: dict):
@@ -94,8 +41,6 @@ def _call(factory, shape, num_classes, options: dict):
 def build(name: str, dataset, **options) -> nn.Module:
     """Model `name` for `dataset` (a registered name or a DatasetSpec). Options (width, vocab,
     vectors, ...) reach the factories that take them. Image models get Normalize in front."""
-    from ..data import get_dataset
-
     spec = get_dataset(dataset) if isinstance(dataset, str) else dataset
     label = dataset if isinstance(dataset, str) else "the dataset"
     factory, _ = get_model(name)
@@ -126,25 +71,6 @@ def freeze(model: nn.Module) -> nn.Module:
         model.to(memory_format=torch.channels_last)
     return model
 
-
-def input_std(model: nn.Module) -> float:
-    """The model's input scale in its own units, for noise given in those units (SmoothGrad's
-    sigma, GradientShap's): the std of a leading Normalize (mean over channels), else the
-    model's `input_std` attribute. One clear error otherwise, never a silent 1.0."""
-    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
-    std = getattr(first, "std", None) if isinstance(first, Normalize) else None
-    if isinstance(std, torch.Tensor):
-        return float(std.mean())
-    value = getattr(model, "input_std", None)
-    if isinstance(value, (int, float)) and value > 0:
-        return float(value)
-    raise UsageError(f"{type(model).__name__} has no leading Normalize layer and no `input_std` attribute: "
-                     f"sgtool cannot convert the noise scales of smoothgrad/gradshap into its units; "
-                     f"set model.input_std (the std of its inputs) or use another method")
-
-
-# The families that are not images register themselves on import.
-from . import series, text  # noqa: E402,F401
 
 __all__ = ["MODELS", "MODEL_LAYOUTS", "register_model", "get_model", "build", "freeze", "input_std",
            "Normalize", "models_for", "check_fits"]

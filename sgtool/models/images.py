@@ -6,21 +6,12 @@ outside the model (saliency, masking, attacks) works in pixel space, on images i
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..fastpath import Linear, MaxPool2d
-
-
-class Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x):  # (B, C, H, W) in [0, 1]
-        return (x - self.mean) / self.std
+from ..nnutil import Normalize  # noqa: F401 - where image models' users look for it
+from .registry import register_model
 
 
 def mnist_cnn(shape, num_classes):
@@ -102,3 +93,8 @@ def resnet20(shape, num_classes):
 
 def resnet18(shape, num_classes):
     return ResNet(shape[0], (64, 128, 256, 512), (2, 2, 2, 2), num_classes)
+
+
+for _name, _fn in [("mnist-cnn", mnist_cnn), ("small-cnn", small_cnn), ("mlp", mlp), ("resnet20", resnet20),
+                   ("resnet18", resnet18)]:
+    register_model(_name, _fn, "image")

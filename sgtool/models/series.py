@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .registry import register_model
 
 DROPOUT = 0.1
 
@@ -167,11 +168,6 @@ def transformer(shape, num_classes, width=None, heads=None):
     return SeriesTransformer(t, f, num_classes, heads=heads)
 
 
-def _register():
-    from . import register_model
+for name, fn in [("lstm", lstm), ("lstm-ica", lstm_ica), ("tcn", tcn), ("transformer", transformer)]:
+    register_model(name, fn, "series")
 
-    for name, fn in [("lstm", lstm), ("lstm-ica", lstm_ica), ("tcn", tcn), ("transformer", transformer)]:
-        register_model(name, fn, "series")
-
-
-_register()

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .registry import register_model
 
 POOLINGS = ("attention", "max")
 
@@ -144,11 +145,6 @@ def textcnn(shape, num_classes, vocab_size=None, vectors=None, width=None, freez
                    **_kw(vectors, freeze_embeddings, pad_id, unk_id, first_word_id, embed_dropout))
 
 
-def _register():
-    from . import register_model
+register_model("bilstm", bilstm, "tokens")
+register_model("textcnn", textcnn, "tokens")
 
-    register_model("bilstm", bilstm, "tokens")
-    register_model("textcnn", textcnn, "tokens")
-
-
-_register()

@@ -6,6 +6,7 @@ evaluation file that is half-written or corrupt becomes a warning, never a crash
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -13,14 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import ASGT_ONLY, FIELD_TYPES, NOT_HASHED, SGT_ONLY
+from ..config import TrainConfig, result_fields
+from ..config.options import meta
 from ..errors import UsageError, unknown_name
+from ..evaluate import EVALUATIONS, read_entry
+from ..evaluate.pipeline import entries
 from ..store import list_runs
 
 TRAINER_ORDER = {"standard": 0, "sgt": 1, "asgt": 2}
 # The columns every training table shows; other config keys appear only where runs differ in them.
 BASE_KEYS = ["dataset", "model", "trainer", "mask_frac", "kl_weight", "epochs"]
-EVAL_KINDS = ("mask_eval", "attack", "explain")
+EVAL_KINDS = tuple(EVALUATIONS)
+WHERE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if meta(f, "hashed")]  # --where filters on these
 # Evaluation settings that do not split a table: each row already names its method (mask-eval)
 # or eps (attack), so evaluations that differ only in these lists share rows.
 GROUP_IGNORE = {"mask_eval": {"methods"}, "attack": {"eps"}}
@@ -55,13 +60,9 @@ class Report:
 
 
 def effective_config(cfg: dict) -> dict:
-    """The fields that make a run what it is: what config.hashed_fields keeps, from a stored dict."""
-    d = {k: v for k, v in cfg.items() if k not in NOT_HASHED}
-    if d.get("trainer") == "standard":
-        d = {k: v for k, v in d.items() if k not in SGT_ONLY}
-    if d.get("trainer") != "asgt":
-        d = {k: v for k, v in d.items() if k not in ASGT_ONLY}
-    return d
+    """The fields that make a run what it is (config.result_fields of a stored dict), each shown
+    at its stored value, also where the run's id leaves it out."""
+    return result_fields(TrainConfig, cfg, omit_legacy=False)
 
 
 def parse_where(where: list[str] | None) -> dict[str, str]:
@@ -72,8 +73,8 @@ def parse_where(where: list[str] | None) -> dict[str, str]:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UsageError(f"--where expects key=value, got '{item}'")
-        if key not in FIELD_TYPES or key in NOT_HASHED:
-            valid = sorted(k.replace("_", "-") for k in FIELD_TYPES if k not in NOT_HASHED)
+        if key not in WHERE_KEYS:
+            valid = sorted(k.replace("_", "-") for k in WHERE_KEYS)
             raise unknown_name("--where key", key.replace("_", "-"), valid)
         out[key] = value.strip()
     return out
@@ -114,36 +115,36 @@ def _numeric(df: pd.DataFrame, need: list[str]) -> pd.DataFrame:
 
 
 def _read_eval(run: dict, kind: str, warnings: list[str]):
-    """(eval_id, json dict, csv DataFrame, summary DataFrame | None) for each complete evaluation
-    of one kind; half-written ones (a csv without its .json) and corrupt ones become warnings."""
+    """(eval_id, json dict, rows DataFrame, summary DataFrame | None) for each whole evaluation of
+    one kind (evaluate.read_entry); incomplete and corrupt ones become warnings."""
+    ev = EVALUATIONS[kind]
+    label = kind.replace("_", "-")
     folder = run["dir"] / kind
     if not folder.is_dir():
         return
-    label = kind.replace("_", "-")
-    done = {p.name[: -len(".json")] for p in folder.glob("*.json")}
+    done = {w.eid for w in entries(run["dir"], kind)}
     for p in sorted(folder.glob("*.csv")):
         eid = p.name.split(".")[0]
         if eid not in done and not p.name.endswith(".summary.csv"):
             warnings.append(f"run {run['id']}: {label} {eid} is incomplete (no {eid}.json); skipped")
-    for eid in sorted(done):
+    for where in entries(run["dir"], kind):
+        hit = read_entry(ev, where)
+        if hit is None:
+            warnings.append(f"run {run['id']}: {label} {where.eid} is corrupt or incomplete; skipped")
+            continue
+        if kind == "explain":
+            yield where.eid, hit["meta"], None, hit["files"]
+            continue
         try:
-            meta = json.loads((folder / f"{eid}.json").read_text())
-            if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-                raise ValueError("no config in the .json")
-            if kind == "explain":
-                yield eid, meta, None, None
-                continue
-            rows = pd.read_csv(folder / f"{eid}.csv")
+            rows = pd.DataFrame(hit["rows"])
             # a text run's mask-eval (ERASER) has comprehensiveness and sufficiency instead of accuracy
             value = "comprehensiveness" if kind == "mask_eval" and "comprehensiveness" in rows.columns else "accuracy"
             rows = _numeric(rows, ["method", value, "fraction" if kind == "mask_eval" else "eps"])
-            summary = None
-            if kind == "mask_eval" and (folder / f"{eid}.summary.csv").is_file():
-                summary = _numeric(pd.read_csv(folder / f"{eid}.summary.csv"), ["method"])
-        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            warnings.append(f"run {run['id']}: {label} {eid} is corrupt ({e}); skipped")
+            summary = _numeric(pd.DataFrame(hit["summary"]), ["method"]) if hit["summary"] is not None else None
+        except (TypeError, ValueError) as e:
+            warnings.append(f"run {run['id']}: {label} {where.eid} is corrupt ({e}); skipped")
             continue
-        yield eid, meta, rows, summary
+        yield where.eid, hit["meta"], rows, summary
 
 
 def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
@@ -178,14 +179,15 @@ def collect(runs_root: str | Path, where: list[str] | None = None) -> Report:
         for m in metrics.to_dict("records"):
             curves.append({"run": r["id"], "group": g, **{k: m[k] for k in ("epoch", "train_loss", "train_acc", "test_acc")}})
         for kind in EVAL_KINDS:
-            for eid, meta, rows, summary in _read_eval(r, kind, warnings):
-                econf = {k: v for k, v in meta["config"].items()
-                         if k not in NOT_HASHED | {"seed"} | GROUP_IGNORE.get(kind, set())}
+            skip = {f.name for f in dataclasses.fields(EVALUATIONS[kind].config) if not meta(f, "hashed")}
+            for _eid, stored, rows, summary in _read_eval(r, kind, warnings):
+                econf = {k: v for k, v in stored["config"].items()
+                         if k not in skip | {"seed"} | GROUP_IGNORE.get(kind, set())}
                 e = _key(econf)
                 ekeys[kind].setdefault(e, econf)
                 ids = {"run": r["id"], "group": g, "eval": e}
                 if kind == "explain":
-                    ex.append({**ids, "path": r["dir"] / "explain" / f"{eid}.safetensors"})
+                    ex.append({**ids, "path": summary[".safetensors"]})
                 elif kind == "mask_eval":
                     if "accuracy" in rows.columns:
                         me += [{**ids, "method": row["method"], "fraction": row["fraction"], "accuracy": row["accuracy"]}

@@ -6,41 +6,19 @@ no display is needed.
 
 from __future__ import annotations
 
-import io
-import math
-
 import pandas as pd
 import torch
 
 from ..errors import SgtoolError
+from ..evaluate.explain import read_maps
 from .collect import Report
+from .figure import figure as _figure
+from .figure import png_bytes
+from .maps import render_maps
 
 # Paper Figure 3: standard solid, SGT dashed, the random baseline dotted.
 TRAINER_STYLE = {"standard": "-", "sgt": "--", "asgt": "-."}
 RANDOM_STYLE = ":"
-DPI = 100
-
-
-
-def _figure(nplots: int, ncols: int = 3, w: float = 4.2, h: float = 3.2):
-    from matplotlib.figure import Figure
-
-    ncols = min(ncols, nplots)
-    nrows = math.ceil(nplots / ncols)
-    fig = Figure(figsize=(w * ncols, h * nrows + 0.8), dpi=DPI, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[nplots:]:
-        ax.set_visible(False)
-    return fig, axes[:nplots]
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
 
 
 def _mean_std(df: pd.DataFrame, by: list[str], x: str, y: str) -> pd.DataFrame:
@@ -114,7 +92,7 @@ def plot_mask_eval(rep: Report) -> list[tuple[str, str, bytes]]:
         sub = _eval_title(rep, "mask_eval", eid)
         fig.suptitle(f"{dataset}: accuracy drop" + (f" ({sub})" if sub else ""))
         name = f"mask_eval_{dataset}_{eid}.png" if len(rep.evals["mask_eval"]) > 1 else f"mask_eval_{dataset}.png"
-        out.append((name, f"{dataset}: accuracy drop per saliency method", _png(fig)))
+        out.append((name, f"{dataset}: accuracy drop per saliency method", png_bytes(fig)))
     return out
 
 
@@ -144,7 +122,7 @@ def plot_robustness(rep: Report) -> list[tuple[str, str, bytes]]:
         _legend(fig, axes)
         fig.suptitle(f"{dataset}: robust accuracy against ε")
         name = f"robustness_{dataset}_{eid}.png" if len(rep.evals["attack"]) > 1 else f"robustness_{dataset}.png"
-        out.append((name, f"{dataset}: robust accuracy against ε", _png(fig)))
+        out.append((name, f"{dataset}: robust accuracy against ε", png_bytes(fig)))
     return out
 
 
@@ -169,15 +147,13 @@ def plot_curves(rep: Report) -> list[tuple[str, str, bytes]]:
             ax.xaxis.get_major_locator().set_params(integer=True)
         _legend(fig, axes)
         fig.suptitle(f"{dataset}: training curves")
-        out.append((f"training_{dataset}.png", f"{dataset}: training curves", _png(fig)))
+        out.append((f"training_{dataset}.png", f"{dataset}: training curves", png_bytes(fig)))
     return out
 
 
 def plot_explain(rep: Report) -> list[tuple[str, str, bytes]]:
     """The cached explain maps of one run per group, side by side (paper Figure 2): for each
     dataset and explain config, the lowest seed of each group whose inputs are the same samples."""
-    from .explain import read_maps, render_maps
-
     out = []
     seeds = dict(zip(rep.runs["run"], rep.runs["seed"]))
     datasets = _dataset_of(rep)

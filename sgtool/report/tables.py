@@ -8,10 +8,10 @@ import math
 
 import pandas as pd
 
+from ..data.series import BACKGROUNDS
 from .collect import Report
 
 HEADERS = {"mask_frac": "mask-frac", "kl_weight": "λ", "test_acc": "test acc", "train_seconds": "train s"}
-
 
 
 def fmt_eps(eps: float) -> str:
@@ -99,8 +99,6 @@ GT_METRICS = ["aup", "aur", "precision_at_gt", "aupr", "diff_aup", "diff_aur", "
 
 def _tsb_background(dataset: str) -> str | None:
     """'tsb-rare-time-pseudo-periodic' -> 'pseudo-periodic'; None for other datasets."""
-    from ..data.series import BACKGROUNDS
-
     if not str(dataset).startswith("tsb-"):
         return None
     return next((b for b in sorted(BACKGROUNDS, key=len, reverse=True) if dataset.endswith("-" + b)), None)

@@ -1,38 +1,22 @@
-"""explain: saliency maps of several runs side by side (paper, Figure 2), with one renderer
-per kind of input, and the raw maps saved as safetensors next to the picture. `explain_run` does
-the same for one run and caches it under runs/<id>/explain/, which is what `sgtool sweep` runs.
-"""
+"""Saliency maps drawn: one renderer per kind of input (RENDERERS), each giving PNG bytes of a
+grid with one row per sample and one column per (run, method); text also as an HTML page. The
+maps come from evaluate.explain. `explain` is what `sgtool explain` runs: the maps of several
+runs side by side, written as a PNG with the raw maps beside it."""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import eval_hash
+from ..config import ExplainConfig
 from ..errors import SgtoolError, UsageError, unknown_name
-from ..store import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
-from .plots import DPI, _png
-
-# A renderer per kind of input: fn(maps) -> PNG bytes (RENDERERS, below).
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    """The settings of one cached explain_run; hashed like the other evaluations (config.eval_hash)."""
-    methods: tuple[str, ...] = ("grad",)
-    n: int = 8
-    indices: tuple[int, ...] | None = None
-    output: str = "logprob"  # as mask-eval: the saliency of log p(label | x), or of the logit
-    baseline: str = "authors"  # as mask-eval
-    data_dir: str | None = None  # not hashed
-    device: str = "auto"  # not hashed
-
+from ..evaluate.explain import MAPS, compute_maps, maps_bytes, read_maps
+from ..saliency import position_score
+from ..store import atomic_write_bytes, atomic_write_text
+from .figure import DPI, png_bytes
 
 # Layout of an image grid, in inches: each cell is IMG_IN square plus room for its caption.
 CELL_W, CELL_H, IMG_IN, HEAD_IN, FOOT_IN = 1.7, 1.75, 1.4, 0.45, 0.55
@@ -48,8 +32,6 @@ def render_image(maps: dict) -> bytes:
     each column on one colour scale (0 to its 99th percentile) with a colorbar below it.
     Placed by hand (not constrained layout) so the pixel size is exactly explain_size()."""
     from matplotlib.figure import Figure
-
-    from ..saliency import position_score
 
     x = maps["input"]  # (N, C, H, W) in [0, 1]
     n, cols = len(x), 1 + len(maps["columns"])
@@ -87,7 +69,7 @@ def render_image(maps: dict) -> bytes:
                           color="black" if p == labels[i] else "red")
         cax = fig.add_axes((((j * CELL_W) + 0.15) / W, 0.28 / H, (CELL_W - 0.3) / W, 0.1 / H))
         fig.colorbar(im, cax=cax, orientation="horizontal", extend="max").ax.tick_params(labelsize=6)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # Layout of a series grid, in inches: each panel is the input's lines over its saliency heatmap.
@@ -150,7 +132,7 @@ def render_series(maps: dict) -> bytes:
         bar = fig.colorbar(im, cax=cax, orientation="horizontal", extend="max")
         bar.ax.tick_params(labelsize=6)
         bar.set_label("|attribution| / its 99th percentile", fontsize=6)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # Text: the first TOKENS_SHOWN tokens of each document in the PNG (the HTML shows them all),
@@ -207,7 +189,7 @@ def render_tokens(maps: dict) -> bytes:
                         [x0 / W, (x0 + T_CELL_W - 0.02) / W], [(y0 + 0.01) / H] * 2, transform=fig.transFigure,
                         color="tab:blue", linewidth=1.2))
             top -= _token_rows(len(words)) * T_CELL_H + 0.45
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def render_tokens_html(maps: dict) -> str:
@@ -255,153 +237,18 @@ def render_maps(maps: dict) -> bytes:
     return RENDERERS[kind](maps)
 
 
-def _column_title(run: dict, method: str) -> str:
-    c = run["config"]
-    k = "" if c.get("trainer") == "standard" else f" mask-frac {c.get('mask_frac')}"
-    return f"{c.get('trainer')}{k}\n{method} · {run['id'][:6]}"
-
-
-def validate_explain(cfg: ExplainConfig) -> None:
-    from ..config import MASK_OUTPUTS
-    from ..saliency import BASELINES, get_saliency
-
-    if cfg.output not in MASK_OUTPUTS:
-        raise unknown_name("output", cfg.output, MASK_OUTPUTS)
-    if cfg.baseline not in BASELINES:
-        raise unknown_name("baseline", cfg.baseline, BASELINES)
-
-    if not cfg.methods:
-        raise UsageError("--method is empty; give a comma-separated list such as grad,ig")
-    for m in cfg.methods:
-        get_saliency(m)
-    if cfg.n < 1:
-        raise UsageError(f"--n must be at least 1, got {cfg.n}")
-    if cfg.indices is not None and (not cfg.indices or min(cfg.indices) < 0):
-        raise UsageError(f"--index must list test sample numbers (0 or more), got {list(cfg.indices)}")
-
-
-def compute_maps(runs: list[dict], cfg: ExplainConfig) -> dict:
-    """Saliency of each (run, method) pair on the same test samples (the first run's test split).
-
-    Returns {"kind" (the layout), "dataset", "classes", "input" (N, ...), "label" (N,), "index"
-    (N,), "columns": [{"run", "method", "trainer", "mask_frac", "title"}], "maps": [attribution
-    like the input], "pred": [(N,)], and "gt", "valid" where the data has them}: one map and
-    prediction vector per column. Saliency targets the label.
-    """
-    from ..config import from_dict
-    from ..data import get_dataset
-    from ..saliency import explain_setup, get_saliency, rnn_safe
-    from ..train import load_data, load_model, pick_device
-
-    validate_explain(cfg)
-    if not runs:
-        raise UsageError("explain needs at least one run")
-    fns = {m: get_saliency(m) for m in cfg.methods}
-    datasets = sorted({r["config"].get("dataset") for r in runs})
-    if len(datasets) > 1:
-        raise UsageError(f"explain compares runs of one dataset; got {', '.join(datasets)}")
-    spec = get_dataset(datasets[0], cfg.data_dir)
-    if spec.layout not in RENDERERS:
-        raise SgtoolError(f"explain has no renderer for {spec.layout} data yet")
-    cfg0 = runs[0]["config"]
-    # The first run's own test split: for synthetic data the samples depend on the split size.
-    data = load_data(from_dict(cfg0), train_size=1, test_size=cfg0.get("test_size"), data_dir=cfg.data_dir)
-    total = len(data.x_test)
-    if cfg.indices:
-        bad = [i for i in cfg.indices if i >= total]
-        if bad:
-            raise UsageError(f"--index {bad[0]} is out of range: the test split has {total} samples")
-        idx = torch.tensor(list(cfg.indices))
-    else:
-        idx = torch.arange(min(cfg.n, total))
-    dev = pick_device(cfg.device)
-    x, y = data.x_test[idx], data.y_test[idx]  # (N, ...), (N,)
-    out = {"kind": spec.layout, "dataset": datasets[0], "classes": list(data.classes), "input": x, "label": y,
-           "index": idx, "columns": [], "maps": [], "pred": []}
-    if data.gt_test is not None:
-        out["gt"] = data.gt_test[idx]
-    if data.valid_test is not None:
-        out["valid"] = data.valid_test[idx]
-    if spec.layout == "tokens":  # the words, and scores of tokens rather than raw attributions
-        vocab = data.extras["vocab"]
-        out["real"] = x != data.extras.get("pad_id", 0)
-        out["tokens"] = [[vocab[t] for t in row[r].tolist()] for row, r in zip(x, out["real"])]
-        out.setdefault("gt", torch.zeros_like(x, dtype=torch.bool))
-    for run in runs:
-        model, _ = load_model(run, dev, data=data if spec.layout == "tokens" else None, data_dir=cfg.data_dir)
-        model.requires_grad_(False)  # gradients are taken with respect to the input only
-        xd, yd = x.to(dev), y.to(dev)
-        with torch.no_grad():
-            pred = model(xd).argmax(1).cpu()
-        explained, kw = explain_setup(model, cfg.methods, cfg.output, cfg.baseline, spec.layout)
-        for m, fn in fns.items():
-            with rnn_safe(model, xd):
-                if spec.layout == "tokens":
-                    attr = _token_scores(model, fn, xd, yd, cfg)  # (N, L)
-                else:
-                    attr = fn(explained, xd.clone(), yd, **kw).detach().cpu().float()  # like x
-            out["columns"].append({"run": run["id"], "method": m, "trainer": run["config"].get("trainer"),
-                                   "mask_frac": run["config"].get("mask_frac"), "title": _column_title(run, m)})
-            out["maps"].append(attr)
-            out["pred"].append(pred.clone())  # safetensors refuses tensors that share memory
-    return out
-
-
-def _token_scores(model, fn, ids, y, cfg) -> torch.Tensor:
-    """(N, L) token scores of a token model: |the method's attribution of the embeddings, summed
-    over each embedding| (what the ERASER evaluation ranks by)."""
-    from ..layout import LAYOUTS, Embedded
-    from ..saliency import explain_setup
-
-    explained, kw = explain_setup(Embedded(model), cfg.methods, cfg.output, cfg.baseline or "zero", "tokens")
-    if "scale" in kw:
-        kw["scale"] = float(model.emb.weight[model.first_word_id:].std())
-    if kw.get("baseline") == "authors":
-        kw["baseline"] = "zero"
-    b = LAYOUTS["tokens"].batch(model, ids)
-    attr = fn(explained, b.inp.detach(), y, args=b.args, **kw).detach()
-    return LAYOUTS["tokens"].score(attr, b.inp, "abs").float().cpu()
-
-
-def save_maps(path: Path, maps: dict) -> None:
-    tensors = {k: maps[k] for k in ("input", "label", "index", "gt", "valid", "real") if k in maps}
-    for j, (attr, pred) in enumerate(zip(maps["maps"], maps["pred"])):
-        tensors[f"map.{j}"] = attr
-        tensors[f"pred.{j}"] = pred
-    meta = {k: json.dumps(maps[k]) for k in ("kind", "dataset", "classes", "columns", "tokens") if k in maps}
-    save_tensors(path, tensors, metadata=meta)
-
-
-def read_maps(path: Path) -> dict:
-    """The dict compute_maps returned, from a file save_maps wrote."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        t = load_tensors(path)
-        cols = meta["columns"]
-        return {**meta, **{k: t[k] for k in ("input", "label", "index", "gt", "valid", "real") if k in t},
-                "maps": [t[f"map.{j}"] for j in range(len(cols))], "pred": [t[f"pred.{j}"] for j in range(len(cols))]}
-    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise SgtoolError(f"explain maps {path} are corrupt ({type(e).__name__}); skipped") from None
-
-
-def explain(runs: list[dict], methods: list[str], n: int = 8, indices: list[int] | None = None,
-            out: str | Path = "explain.png", data_dir: str | None = None, device: str = "auto") -> dict:
-    """One PNG grid comparing the runs' saliency maps, and the raw maps as safetensors next to it.
-    Returns {"png": Path, "maps": Path, "size": (width, height)}."""
+def explain(runs: list[dict], cfg: ExplainConfig, out: str | Path = "explain.png") -> dict:
+    """One PNG grid comparing the runs' saliency maps, and the raw maps as safetensors next to it
+    (and, for text, an HTML page). Returns {"png", "maps", "html" (paths), "size" (width, height)}."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, got {out}")
-    cfg = ExplainConfig(methods=tuple(methods), n=n, indices=tuple(indices) if indices else None,
-                        data_dir=data_dir, device=device)
     maps = compute_maps(runs, cfg)
     png = render_maps(maps)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, png)
-        save_maps(out.with_suffix(".safetensors"), maps)
+        atomic_write_bytes(out.with_suffix(".safetensors"), maps_bytes(maps))
         if maps["kind"] == "tokens":
             atomic_write_text(out.with_suffix(".html"), render_tokens_html(maps))
     except OSError as e:
@@ -411,21 +258,11 @@ def explain(runs: list[dict], methods: list[str], n: int = 8, indices: list[int]
             "html": out.with_suffix(".html") if maps["kind"] == "tokens" else None}
 
 
-def explain_run(run: dict, cfg: ExplainConfig, force: bool = False) -> dict:
-    """explain() of one run, cached under runs/<id>/explain/<eval_id>.{png,safetensors,json};
-    the .json is written last, so its presence means the maps are complete."""
-    eid = eval_hash(cfg, run["id"])
-    folder = run["dir"] / "explain"
-    meta_path = folder / f"{eid}.json"
-    res = {"id": eid, "png": folder / f"{eid}.png", "maps": folder / f"{eid}.safetensors"}
-    if not force and meta_path.is_file():
-        return {**res, "cached": True}
-    maps = compute_maps([run], cfg)
-    folder.mkdir(exist_ok=True)
-    atomic_write_bytes(res["png"], render_maps(maps))
-    save_maps(res["maps"], maps)
-    if maps["kind"] == "tokens":
-        atomic_write_text(folder / f"{eid}.html", render_tokens_html(maps))
-    write_json(meta_path, {"kind": "explain", "run": run["id"], "config": asdict(cfg),
-                           "created": datetime.now(timezone.utc).isoformat()})
-    return {**res, "cached": False}
+def draw_entry(res: dict, maps: dict | None = None) -> None:
+    """The PNG (and, for text, the HTML page) of a cached explain evaluation, beside its maps."""
+    path = res["files"][MAPS]
+    maps = maps if maps is not None else read_maps(path)
+    if not path.with_suffix(".png").is_file():
+        atomic_write_bytes(path.with_suffix(".png"), render_maps(maps))
+    if maps["kind"] == "tokens" and not path.with_suffix(".html").is_file():
+        atomic_write_text(path.with_suffix(".html"), render_tokens_html(maps))

@@ -1,5 +1,5 @@
 """Temporal saliency rescaling (TSR; Ismail et al. 2020), as a wrapper of any saliency method:
-`tsr-<method>` in the SALIENCY registry's lookups (`saliency.get_saliency`).
+`tsr-<method>` in the SALIENCY registry's lookups (`get_saliency`).
 
 For a series x (T, F) and the method's attribution a0 = A(x):
 1. each step t scores Δ_t = Σ |a0 − A(x with step t masked)|; τ = min-max scaled Δ over t;
@@ -18,6 +18,8 @@ copies of all samples go through the method in chunks of CHUNK inputs.
 from __future__ import annotations
 
 import torch
+
+from ..errors import UsageError
 
 QUANTILE = 0.55
 OTHER = 0.1
@@ -41,8 +43,6 @@ def tsr(method):
 
     def attribute(model, x, target, **kw):
         if x.dim() != 3:
-            from ..errors import UsageError
-
             raise UsageError("tsr-<method> is for series (B, T, F); use the method itself on other data")
         b, t, f = x.shape
         a0 = method(model, x, target, **kw).detach()  # (B, T, F), raw and signed

@@ -1,4 +1,4 @@
-"""SALIENCY registry over Captum: fn(model, x, target, **settings) -> attribution shaped like x.
+"""The saliency methods, over Captum: fn(model, x, target, **settings) -> attribution shaped like x.
 
 Captum's contract (`attribute(inputs, target)`), plus keywords every method accepts so that
 callers can treat the registry alike; a method ignores those it has no use for:
@@ -12,7 +12,7 @@ callers can treat the registry alike; a method ignores those it has no use for:
     args      extra forward arguments (the padding mask of a token model's `Embedded` form).
     scale     the model's input std in the units of x, to turn noise scales given in the
               model's normalised units (as the SGT authors gave them) into x's units; only
-              smoothgrad and gradshap use it (`models.input_std` finds it).
+              smoothgrad and gradshap use it (`nnutil.input_std` finds it).
     ref       the model's normalisation (mean, std) per channel, for the "authors" baseline;
               None where inputs are not normalised by the model (series, embeddings).
 
@@ -36,14 +36,14 @@ is log p(target | x): callers wrap the model in `LogProb` for that, the default 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from ..errors import UsageError, unknown_name
+from ..fastpath import MaxPool2d
 
 N_STEPS_IG = 50
 SHAP_BASELINES = 5
@@ -89,32 +89,6 @@ def _seeded(seed: int, device: torch.device):
             np.random.set_state(np_state)
 
 
-def rnn_safe(model: nn.Module, x: torch.Tensor):
-    """A context for taking gradients through `model` on x's device. cuDNN's RNN kernels refuse
-    a backward in eval mode ("cudnn RNN backward can only be called in training mode"), and
-    saliency is taken in eval mode: for a model with an RNN on CUDA, cuDNN is switched off
-    inside (PyTorch's own RNN kernels then run: the same numbers, slower). Else a no-op."""
-    if needs_cudnn_off(model, x.device):
-        return torch.backends.cudnn.flags(enabled=False)
-    return contextlib.nullcontext()
-
-
-def needs_cudnn_off(model: nn.Module, device) -> bool:
-    return torch.device(device).type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules())
-
-
-class LogProb(nn.Module):
-    """model -> log_softmax(model(...)): saliency of log p(target | x), as the authors' network
-    (which ended in log_softmax) gave it to every Captum method, and as SGT trains it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs):
-        return F.log_softmax(self.model(*inputs), dim=1)
-
-
 def _noise(shape, seed: int, device, dtype) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=g).to(device, dtype)
@@ -138,8 +112,6 @@ def _references(kind: str, x: torch.Tensor, n: int, seed: int, ref=None, pad=Non
 
 def _kind(baseline: str, family: str, method: str | None = None) -> str:
     if baseline not in BASELINES:
-        from .errors import unknown_name
-
         raise unknown_name("baseline", baseline, BASELINES)
     rule = BASELINES[baseline]
     return rule.get(method, rule[family])
@@ -178,8 +150,6 @@ def _deeplift_rules() -> None:
     """Captum's DeepLift picks a layer's rule by its exact type: sgtool's MaxPool2d, a faster
     nn.MaxPool2d, gets nn.MaxPool2d's rule rather than being treated as linear."""
     from captum.attr._core import deep_lift
-
-    from .fastpath import MaxPool2d
 
     rules = deep_lift.SUPPORTED_NON_LINEAR
     rules.setdefault(MaxPool2d, rules[torch.nn.MaxPool2d])
@@ -237,8 +207,6 @@ def occlusion_saliency(model, x, target, *, args=(), **_):
     from captum.attr import Occlusion
 
     if x.dim() != 4:
-        from .errors import UsageError
-
         raise UsageError("occlusion is for images (4x4 windows); use another method")
     c = x.shape[1]
     with _quiet():
@@ -251,81 +219,3 @@ def random_saliency(model, x, target, *, seed=0, **_):
     """A seeded baseline: uniform noise, independent of the model."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(x.shape, generator=g).to(x.device)
-
-
-SALIENCY = {
-    "grad": grad_saliency,
-    "ig": ig_saliency,
-    "smoothgrad": smoothgrad_saliency,
-    "deeplift": deeplift_saliency,
-    "deeplift-authors": deeplift_authors_saliency,
-    "gradshap": gradshap_saliency,
-    "deepliftshap": deepliftshap_saliency,
-    "inputxgrad": inputxgrad_saliency,
-    "guided-backprop": guided_backprop_saliency,
-    "occlusion": occlusion_saliency,
-    "random": random_saliency,
-}
-# Methods whose noise is given in the model's normalised units (they need `scale`).
-NOISY = {"smoothgrad", "gradshap"}
-
-
-def get_saliency(name: str):
-    """A method by name; `tsr-<method>` wraps any of them in temporal saliency rescaling."""
-    from .errors import unknown_name
-
-    if name.startswith("tsr-") and name[4:] in SALIENCY:
-        from .evaluate.tsr import tsr
-
-        return tsr(SALIENCY[name[4:]])
-    if name not in SALIENCY:
-        raise unknown_name("saliency method", name, [*SALIENCY, "tsr-<method>"])
-    return SALIENCY[name]
-
-
-def method_names(name: str) -> str:
-    """The registry name a method (or its tsr- wrapper) rests on."""
-    return name[4:] if name.startswith("tsr-") else name
-
-
-def explain_setup(model: nn.Module, methods, output: str = "logprob", baseline: str = "authors",
-                  layout: str = "image"):
-    """(the module the methods explain, the keywords every method gets but seed) for a model:
-    LogProb(model) for output "logprob"; the noise scale where a noisy method is asked for (the
-    Normalize std for images; 1 for series, which come scaled by their dataset, so their model's
-    unit is the data's); the Normalize (mean, std) for the "authors" baseline."""
-    from .models import input_std
-
-    target_model = LogProb(model) if output == "logprob" else model
-    kw = {"baseline": baseline}
-    if any(method_names(m) in NOISY for m in methods):
-        kw["scale"] = input_std(model) if layout == "image" else 1.0
-    norm = model[0] if isinstance(model, nn.Sequential) and len(model) else None
-    if hasattr(norm, "mean") and hasattr(norm, "std"):
-        kw["ref"] = (norm.mean, norm.std)
-    return target_model, kw
-
-
-# --------------------------------------------------------------------------- gradients
-
-
-def input_gradient(model, x: torch.Tensor, target: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """d log p(target | x) / dx, shaped like x. Only the input gradient is computed
-    (torch.autograd.grad), so parameter .grad fields are left untouched."""
-    x = x.detach().requires_grad_(True)
-    with rnn_safe(model, x):
-        (g,) = torch.autograd.grad(label_log_prob(model(x), target), x, create_graph=create_graph)
-    return g
-
-
-def label_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """sum_i log p(target_i | x_i) from logits (B, classes): the objective of the input gradient."""
-    return F.log_softmax(logits, dim=1).gather(1, target[:, None]).sum()
-
-
-def position_score(attr: torch.Tensor, sign: str = "abs") -> torch.Tensor:
-    """An image attribution (B, C, H, W) -> (B, H, W) score: |attr| averaged over channels, or
-    the signed attribution averaged over channels (sign="signed")."""
-    from .layout import LAYOUTS
-
-    return LAYOUTS["image"].score(attr, attr, sign).view(attr.shape[0], *attr.shape[2:])
