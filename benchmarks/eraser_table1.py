@@ -38,8 +38,9 @@ from sgtool import config_hash, find_run, make_config, runs_root, train_run  # n
 from sgtool.config import MaskEvalConfig  # noqa: E402
 from sgtool.data.text import ERASER_DEFAULTS  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
+from sgtool.recipe import make_loss, make_optimizer  # noqa: E402
 from sgtool.runs import build_model, load_data, load_model, split_scores, trim  # noqa: E402
-from sgtool.train import bucketed, make_loss, make_optimizer, train_step  # noqa: E402
+from sgtool.train import bucketed, train_step  # noqa: E402
 
 METHODS = ("grad", "ig", "smoothgrad")
 LABELS = {"grad": "Grad", "ig": "IG", "smoothgrad": "SmoothGrad", "random": "Random"}

@@ -40,7 +40,7 @@ from sgtool.data import get_dataset, load  # noqa: E402
 from sgtool.errors import SgtoolError  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
 from sgtool.models import build, freeze  # noqa: E402
-from sgtool.train import autocast, make_loss, make_optimizer  # noqa: E402
+from sgtool.recipe import autocast, make_loss, make_optimizer  # noqa: E402
 
 
 def sync(device):

@@ -35,7 +35,8 @@ from sgtool.data import load  # noqa: E402
 from sgtool.fastpath import label_grad, shared_forward  # noqa: E402
 from sgtool.layout import lowest_k, mask  # noqa: E402
 from sgtool.models import build  # noqa: E402
-from sgtool.train import make_loss, make_optimizer, train_step  # noqa: E402
+from sgtool.recipe import make_loss, make_optimizer  # noqa: E402
+from sgtool.train import train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,9 +31,10 @@ from sgtool import find_run, make_config, runs_root, train_run  # noqa: E402
 from sgtool.config import MaskEvalConfig  # noqa: E402
 from sgtool.data import load  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
+from sgtool.recipe import make_loss, make_optimizer  # noqa: E402
 from sgtool.runs import build_model  # noqa: E402
 from sgtool.store import read_metrics  # noqa: E402
-from sgtool.train import make_loss, make_optimizer, train_step  # noqa: E402
+from sgtool.train import train_step  # noqa: E402
 
 METHODS = ("grad", "ig", "deeplift", "gradshap", "deepliftshap", "smoothgrad", "random")
 ESTIMATE: dict[str, float] = {}

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from sgtool import report
 from sgtool.cli import app
 from sgtool.config import ExplainConfig, make_config
-from sgtool.evaluate import explain_run, read_maps
 from sgtool.errors import UsageError
+from sgtool.evaluate import explain_run, read_maps
 from sgtool.report.figure import DPI
 from sgtool.report.maps import CELL_W, explain_size
 from sgtool.report.plots import plot_explain

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from sgtool.cli import app
 from sgtool.config import make_config
 from sgtool.data import get_dataset, load
-from sgtool.data.series import BACKGROUNDS, TSB_TYPES, _narma_curve, make_tsb, read_ts
+from sgtool.data.series import BACKGROUNDS, TSB_TYPES, _narma_curve, make_tsb
+from sgtool.data.uea import read_ts
 from sgtool.errors import SgtoolError, UsageError
 from sgtool.evaluate.ground_truth import axis_precision_recall, series_metrics
 from sgtool.models import build, models_for

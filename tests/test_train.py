@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 from sgtool.config import make_config
+from sgtool.recipe import LOSSES
 from sgtool.sgt import SGTLoss, StandardLoss
 from sgtool.store import read_run
-from sgtool.train import LOSSES, train_run
+from sgtool.train import train_run
 
 TINY = dict(dataset="synthetic", model="mlp", train_size=256, test_size=64, epochs=2, batch_size=64)
 

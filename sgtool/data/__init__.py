@@ -11,7 +11,7 @@ network, or SGTOOL_OFFLINE=1) the error names the file and `--data-dir`.
 `register_dataset(name, loader, layout=..., shape=..., num_classes=...)` adds your own.
 """
 
-from . import files, images, series, text  # noqa: F401 - each family registers its datasets
+from . import files, images, series, text, uea  # noqa: F401 - each family registers its datasets
 from .registry import (
     DATASETS,
     PREFIXES,

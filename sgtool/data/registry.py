@@ -60,6 +60,10 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {}
+# A loader's run_train_size when none is given: the training split asked for is the run's own.
+# An evaluation loads one training sample, and passes the run's --train-size so that what a
+# loader fits on the training split (scaling, a vocabulary) is the run's.
+UNSET = object()
 
 
 def register_dataset(name: str, loader, *, shape, num_classes: int, layout: str = "image",

@@ -39,13 +39,12 @@ import torch
 from ..errors import SgtoolError, UsageError, unknown_name
 from .download import download, file_hash, offline
 from .glove import embedding_matrix, resolve_embeddings
-from .registry import PREFIXES, Data, DatasetSpec, default_data_dir, register_dataset
+from .registry import PREFIXES, UNSET, Data, DatasetSpec, default_data_dir, register_dataset
 
 PAD, UNK, SEP = "<pad>", "<unk>", "<sep>"
 SPECIALS = (PAD, UNK, SEP)
 SPLITS = ("train", "val", "test")
 ERASER_MIRROR = ["https://www.eraserbenchmark.com/zipped/"]
-UNSET = object()  # run_train_size not given: the split asked for is the run's
 
 
 # --------------------------------------------------------------------------- reading ERASER
