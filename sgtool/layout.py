@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import unknown_name
+from .errors import UsageError, unknown_name
 
 EPS = 1e-9  # floor(frac * n) with rounding noise removed: 0.3 * 10 is 2.9999999999999996
 
@@ -85,7 +85,7 @@ def removal_rank(score: torch.Tensor, valid: torch.Tensor | None = None,
     (0 = highest). `rank < k` masks exactly the k highest, nested across k, so one ranking
     serves every fraction; invalid features come last. Ties: with a generator they are broken
     at random (seeded), by one random permutation per row sorted stably by score; without one,
-    by the lower flat index (sgtool 0.1's rule)."""
+    by the lower flat index (`--ties index`)."""
     b, n = score.shape
     s = score if valid is None else score.masked_fill(~valid, float("-inf"))
     if generator is None:
@@ -154,8 +154,6 @@ def _series_valid(ctx, x):
 def _series_background(x, m, g, ctx):
     sampler = (ctx or {}).get("background")
     if sampler is None:
-        from .errors import UsageError
-
         raise UsageError("fill 'background' needs a dataset with a background process (the tsb-* sets); "
                          "use random, mean or zero")
     return sampler(len(x), g).to(x.device, x.dtype)  # (B, T, F)
@@ -197,7 +195,7 @@ def _previous_salient(e, m, g, ctx):
 def _token_embedding(ctx, ids: torch.Tensor) -> torch.Tensor:
     model = (ctx or {}).get("model")
     if model is None:
-        raise ValueError("token fills need ctx['model'] (the model's embed)")
+        raise UsageError("token fills need ctx['model'] (the model's embed)")
     return model.embed(ids)
 
 

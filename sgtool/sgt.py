@@ -23,13 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fastpath
-from .errors import unknown_name
+from . import attacks, fastpath
+from .config.train import SALIENCY_PASSES
+from .errors import UsageError, unknown_name
 from .layout import Batch, get_fill, get_layout, lowest_k
 from .layout import mask as apply_fill
 from .nnutil import label_log_prob, rnn_safe
-
-SALIENCY_PASSES = ("eval", "shared")
 
 
 def kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,7 @@ def saliency_pass(model: nn.Module, b: Batch, y: torch.Tensor, how: str = "eval"
     "shared": both from one forward in the caller's mode (dropout active in the saliency).
     sgtool's image models on a CPU take fastpath's versions (the same numbers, shared trunk)."""
     if how not in SALIENCY_PASSES:
-        raise ValueError(f"unknown saliency pass '{how}'; choose from: {', '.join(SALIENCY_PASSES)}")
+        raise unknown_name("saliency pass", how, SALIENCY_PASSES)
     if b.fwd is model and not b.args and fastpath.applies(model, b.inp):
         return fastpath.PASSES[how](model, b.inp, y)
     if how == "eval" and has_trunk(b):
@@ -127,9 +126,9 @@ class SGTLoss:
     def __init__(self, mask_frac: float = 0.5, kl_weight: float = 1.0, fill=None, layout="image",
                  sign: str | None = None, saliency_pass: str = "eval", background=None):
         if not 0.0 <= mask_frac < 1.0:
-            raise ValueError(f"mask_frac must be in [0, 1), got {mask_frac}")
+            raise UsageError(f"mask_frac must be in [0, 1), got {mask_frac}")
         if saliency_pass not in SALIENCY_PASSES:
-            raise ValueError(f"unknown saliency_pass '{saliency_pass}'; choose from: {', '.join(SALIENCY_PASSES)}")
+            raise unknown_name("saliency pass", saliency_pass, SALIENCY_PASSES)
         self.layout = get_layout(layout)
         self.mask_frac, self.kl_weight, self.saliency_pass = mask_frac, kl_weight, saliency_pass
         self.sign = sign or self.layout.default_sign
@@ -170,12 +169,10 @@ class ASGTLoss(SGTLoss):
                  bounds=(0.0, 1.0), background=None):
         super().__init__(mask_frac, kl_weight, fill, layout, sign, saliency_pass, background)
         if self.layout.name == "tokens":
-            raise ValueError("ASGT is for images and series: an adversarial embedding is not a text")
+            raise UsageError("ASGT is for images and series: an adversarial embedding is not a text")
         self.attack, self.eps, self.steps, self.step_size, self.bounds = attack, eps, steps, step_size, bounds
 
     def __call__(self, model, x, y, valid=None):
-        from . import attacks
-
         b = self.layout.batch(model, x, valid)
         was = model.training
         model.eval()

@@ -42,12 +42,12 @@ class MaskEvalConfig:
     target: str | None = opt(None, "the class explained: label | predicted", choices=MASK_TARGETS, kind="target",
                              default_text="label; text: predicted")
     baseline: str | None = opt(None, "reference of ig, deeplift and the shap methods: authors (uniform noise in the "
-                               "model's normalised units, as the SGT authors) | zero | uniform | random (sgtool "
-                               "0.1's)",
+                               "model's normalised units, as the SGT authors) | zero | uniform | random (ig from "
+                               "uniform noise, deeplift from zero)",
                                default_text="authors; text: zero, the <pad> embedding")
     output: str = opt("logprob", "the output explained: logprob (log p, as the SGT authors' network gave it) | logit",
                       choices=MASK_OUTPUTS, kind="output")
-    ties: str = opt("random", "equal scores in random (seeded) order | index order (sgtool 0.1's)", choices=MASK_TIES,
+    ties: str = opt("random", "equal scores in random (seeded) order | index order", choices=MASK_TIES,
                     kind="ties")
     reduce: str = opt("abs", "images: a position's score, abs (mean over channels of |attribution|) | abs-mean "
                       "(|mean over channels|, the authors')")
@@ -79,7 +79,7 @@ class AttackConfig:
     limit: int | None = opt(None, "attack the first N test samples", check=o.at_least(1), default_text="all")
     batch_size: int = opt(500, "attack batch size", check=o.at_least(1))
     seed: int = opt(0, "seed of pgd's random starts")
-    # PGD's random starts: one stream per batch, or one for all ("stream", sgtool 0.1's)
+    # PGD's random starts: one stream per batch, or one for all ("stream"; config/legacy.py says why)
     seeding: str = opt("batch", "batch | stream", choices=SEEDINGS, kind="seeding", cli=False)
     data_dir: str | None = opt(None, "where datasets live", **_DATA_DIR)
     device: str = opt("auto", "auto | cpu | cuda", **_DEVICE)

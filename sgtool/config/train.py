@@ -63,7 +63,7 @@ class TrainConfig:
     train_size: int | None = opt(None, "use the first N training samples", check=o.at_least(1), default_text="all")
     test_size: int | None = opt(None, "use the first N test samples", check=o.at_least(1), default_text="all")
     data_sha256: str | None = opt(None, "npz:/pt: datasets: the file's sha256, filled in", cli=False, file=False)
-    data_version: int | None = opt(None, "synthetic: 2 or 1 (sgtool 0.1's task)", default_text="the newest")
+    data_version: int | None = opt(None, "synthetic: 2, or 1 (the easier task: the class pattern alone)", default_text="the newest")
     width: int | None = opt(None, "series and text models: hidden width", check=o.at_least(1), default_text="per model")
     heads: int | None = opt(None, "transformer: attention heads, a divisor of the feature count", check=o.at_least(1),
                             default_text="5")

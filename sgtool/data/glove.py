@@ -55,8 +55,6 @@ def _parse_glove(lines, path) -> tuple[dict[str, np.ndarray], int]:
     return vectors, dim
 
 
-
-
 def embedding_matrix(vocab: list[str], path: Path | None, dim: int = 50, seed: int = 0, oov: str | None = None):
     """(vectors (V, D), coverage): GloVe rows for the words it has, zeros for <pad>, and for the
     rest (<unk> included) by `oov`: "random" (None), N(0, GloVe's std) per word (seeded); "unk",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SgtoolError
+from ..errors import SgtoolError, unknown_name
 from .download import download, find
 from .registry import Data, register_dataset
 
@@ -101,12 +101,10 @@ SYNTHETIC_VERSIONS = {1: make_synthetic, 2: make_synthetic_v2}
 
 
 def load_synthetic(data_dir: Path, train_size: int | None, test_size: int | None, data_version=None) -> Data:
-    """The built-in task: data_version 2 (the default) or 1, the original of sgtool 0.1 (the runs
-    it stored, which have no data_version, get it: see train.data_options)."""
+    """The built-in task: data_version 2 (the default) or 1, the easier first task (a stored run
+    without a data_version trained on it: config/legacy.py)."""
     version = data_version or 2
     if version not in SYNTHETIC_VERSIONS:
-        from ..errors import unknown_name
-
         raise unknown_name("synthetic data version", str(version), [str(v) for v in SYNTHETIC_VERSIONS])
     make = SYNTHETIC_VERSIONS[version]
     ntr, nte = train_size or SYNTH_TRAIN, test_size or SYNTH_TEST
@@ -268,7 +266,7 @@ register_dataset(
     defaults=dict(model="small-cnn", epochs=2, batch_size=64, optimizer="adam", lr=2e-3),
     attack=dict(eps=0.1, step_size=0.01, steps=20), has_gt=True, version=2,
     description="built in: noise images whose class is set by a 5x5 pattern, among two fainter ones "
-                "(--data-version 1: the pattern alone, sgtool 0.1's task)")
+                "(--data-version 1: the pattern alone, an easier task)")
 register_dataset(
     "mnist", idx_loader("mnist", MNIST_FILES, [str(i) for i in range(10)]),
     shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,), defaults=_MNIST_TRAIN,

@@ -4,7 +4,7 @@ Robust accuracy counts a test sample as robust only when the model gets it right
 under attack; a sample the model already gets wrong is its own adversarial example (it is not
 attacked, as in AutoAttack). So robust accuracy <= clean accuracy, eps 0 gives the clean
 accuracy, and the examples saved with --save-examples give exactly the reported accuracies.
-Images and series; a token model has no input space to attack (see the README).
+Images and series; a token model has no input space to attack (see docs/text.md).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def compute(ctx: Context) -> Output:
     iterative = any(m != "fgsm" for m in methods)
     attacked = methods + (("fgsm",) if iterative and "fgsm" not in methods else ())
     # Randomness (PGD's starts, dropout in train mode): one stream for the whole evaluation
-    # ("stream", sgtool 0.1's), or one per batch, seeded from (seed, batch): the same numbers
+    # ("stream", which keeps attacks cached before per-batch seeds valid), or one per batch, seeded
+    # from (seed, batch): the same numbers
     # however the batches are shared among processes.
     stream = torch.Generator(device).manual_seed(cfg.seed)
     params = dict(steps=cfg.steps, step_size=cfg.step_size, restarts=cfg.restarts, decay=cfg.decay,

@@ -170,7 +170,7 @@ def compute(ctx: Context) -> Output:
             correct += correct_b
             deletion += deletion_b
             insertion += insertion_b
-            for key, v in sums.items():  # float32 sums, as sgtool 0.1 kept them
+            for key, v in sums.items():  # float32 sums: float64 would move stored results' last digits
                 gt_sums[key] = gt_sums.get(key, torch.zeros(())) + torch.as_tensor(v, dtype=torch.float32)
         seconds[name] = round(time.perf_counter() - t0, 3)
         stats[name] = {"acc": (correct / n).tolist(), "deletion": trapezoid(deletion / n, steps).item(),

@@ -31,7 +31,6 @@ WHERE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if meta(f, "hashed
 GROUP_IGNORE = {"mask_eval": {"methods"}, "attack": {"eps"}}
 
 
-
 @dataclass
 class Report:
     root: Path

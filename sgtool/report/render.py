@@ -20,7 +20,6 @@ from .tables import NOTES, TITLES, formatted, split_constant, tables
 FORMATS = ("table", "md", "csv", "latex", "html")
 
 
-
 def to_markdown(df: pd.DataFrame) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]

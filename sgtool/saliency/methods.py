@@ -59,7 +59,7 @@ BASELINES = {
     "authors": {"ref": "authors", "shap": "authors"},
     "zero": {"ref": "zero", "shap": "uniform"},  # black; the SHAP methods keep noise baselines
     "uniform": {"ref": "uniform", "shap": "uniform"},  # U[0, 1) in x's own units
-    # sgtool 0.1's `random`: ig from uniform noise, deeplift from zero
+    # `random`: ig from uniform noise, deeplift from zero
     "random": {"ref": "uniform", "shap": "uniform", "deeplift": "zero"},
     "pad": {"ref": "pad", "shap": "uniform"},  # tokens: the <pad> embedding (set by the caller)
 }
@@ -101,7 +101,7 @@ def _references(kind: str, x: torch.Tensor, n: int, seed: int, ref=None, pad=Non
         return torch.zeros(shape, device=x.device, dtype=x.dtype)
     if kind == "pad":
         if pad is None:
-            raise ValueError("baseline 'pad' needs the <pad> embedding (token models only)")
+            raise UsageError("baseline 'pad' needs the <pad> embedding (token models only)")
         return pad.to(x.device, x.dtype).expand(shape).clone()
     u = _noise(shape, seed, x.device, x.dtype)
     if kind == "authors" and ref is not None:  # (mean, std), each (1, C, 1, 1): normalised U[0,1) in pixels
