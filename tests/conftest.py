@@ -66,3 +66,10 @@ def train_standard_and_sgt(runs_dir: Path, *args: str) -> list[str]:
         r = CliRunner().invoke(app, ["train", *args, "--trainer", trainer, "--runs-dir", str(runs_dir)])
         assert r.exit_code == 0, r.output
     return sorted(p.name for p in runs_dir.iterdir())
+
+
+def exited_cleanly(r) -> bool:
+    """Whether a CliRunner result ended without an uncaught exception. Typer's runner keeps such an
+    exception in r.exception and prints no traceback, so the output alone cannot tell: an exit
+    through typer.Exit (SystemExit) is clean, anything else is what a user would see as a traceback."""
+    return r.exception is None or isinstance(r.exception, SystemExit)

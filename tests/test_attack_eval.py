@@ -17,6 +17,7 @@ from sgtool.models import build
 from sgtool.runs import accuracy, load_model
 from sgtool.store import find_run, load_tensors, read_csv, save_tensors
 from sgtool.train import train_run
+from tests.conftest import exited_cleanly
 
 runner = CliRunner()
 FAST = AttackConfig(methods=("fgsm", "pgd", "mifgsm"), eps=(0.0, 0.1, 0.3), steps=3, step_size=0.1, limit=32)
@@ -191,7 +192,7 @@ def test_bad_input_one_line(run, tmp_path, args, code, fragment):
     assert r.exit_code == code, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and fragment in lines[0], r.output
-    assert "Traceback" not in r.output and not (tmp_path / run["id"] / "attack").exists()
+    assert exited_cleanly(r) and not (tmp_path / run["id"] / "attack").exists()
 
 
 def test_missing_run_one_line(tmp_path):

@@ -11,6 +11,7 @@ from sgtool.cli import app
 from sgtool.config import config_hash, make_config
 from sgtool.data import get_dataset, load
 from sgtool.errors import UsageError
+from tests.conftest import exited_cleanly
 
 runner = CliRunner()
 
@@ -31,7 +32,7 @@ def invoke(*args):
 def one_error_line(r) -> bool:
     """The output holds exactly one error line (stdout may hold the run's header) and no traceback."""
     lines = [line for line in r.output.splitlines() if line.strip()]
-    return sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in r.output \
+    return sum(line.startswith("error:") for line in lines) == 1 and exited_cleanly(r) \
         and lines[-1].startswith("error:")
 
 

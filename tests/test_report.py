@@ -14,6 +14,7 @@ from sgtool.config import config_hash, make_config, to_dict
 from sgtool.errors import UsageError
 from sgtool.report.tables import fmt_eps
 from sgtool.store import write_csv, write_json, write_yaml
+from tests.conftest import exited_cleanly
 
 FRACTIONS = [0.0, 0.25, 0.5, 0.75]
 EPS = [0.05, 0.1]
@@ -206,7 +207,7 @@ def test_cli_report_bad_input(store, tmp_path):
     ]:
         r = runner.invoke(app, ["report", *args])
         assert r.exit_code == code, (args, r.output)
-        assert msg in r.output and "Traceback" not in r.output
+        assert msg in r.output and exited_cleanly(r)
         assert len([line for line in r.output.strip().splitlines() if line.strip()]) == 1, r.output
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from sgtool import report, sweep
 from sgtool.cli import app
 from sgtool.errors import UsageError
+from tests.conftest import exited_cleanly
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -139,7 +140,7 @@ def test_cli_sweep_bad_input(tmp_path):
     ]:
         r = runner.invoke(app, ["sweep", *args, "--runs-dir", str(tmp_path / "runs")])
         assert r.exit_code == code, (args, r.output)
-        assert msg in r.output and "Traceback" not in r.output
+        assert msg in r.output and exited_cleanly(r)
         assert len(r.output.strip().splitlines()) == 1, r.output  # one line, no progress display
     assert not (tmp_path / "runs").exists()
 
