@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 SGTOOL  := .venv/bin/sgtool
 STAMP   := .venv/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The same suite without the groups that start processes, run clusters, retrain or fuzz.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not (processes or cluster or retrain or slow)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check sgtool tests benchmarks

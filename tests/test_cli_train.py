@@ -134,6 +134,7 @@ def test_runs_on_empty_store(tmp_path):
     assert r.exit_code == 0 and "no runs" in r.output
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args", [["train", "--epochs", "abc"], ["train", "--bogus"], ["nosuchcommand"]])
 def test_parse_errors_are_one_line_through_the_console_script(args):
     """Typer's own parse errors, through `python -m sgtool` (the console script's main)."""

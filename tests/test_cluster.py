@@ -14,6 +14,8 @@ import pytest
 from sgtool import sweep
 from sgtool.errors import SgtoolError
 
+pytestmark = pytest.mark.cluster
+
 ENV = {**os.environ, "SGTOOL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 GRID = """tiny:
   train: {dataset: synthetic, model: mlp, trainer: [standard, sgt], seed: [0, 1], train_size: 128, test_size: 32,

@@ -22,6 +22,8 @@ from sgtool.evaluate import attack_eval, mask_eval
 
 from .cpu_kind import cpu_kind
 
+pytestmark = pytest.mark.retrain
+
 FIXTURES = Path(__file__).parent / "fixtures"
 KIND = cpu_kind()
 _own = FIXTURES / f"image_v1.{KIND}.json"

@@ -13,6 +13,8 @@ import torch
 from sgtool.config import config_hash, make_config
 from sgtool.store import load_tensors, read_metrics, read_run
 
+pytestmark = pytest.mark.processes
+
 TINY = dict(dataset="synthetic", model="mlp", trainer="sgt", mask_fill="zero", train_size=192, test_size=48,
             epochs=2, batch_size=64)  # no dropout, a deterministic fill: the numbers must agree
 ENV = {**os.environ, "SGTOOL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -2,6 +2,8 @@
 gradient (a detached f(X) must fail here), anyone's models (a class, one with BatchNorm, one on
 token ids), the model's mode, and `sgtool train` taking exactly these objects."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,11 @@ from sgtool.config import make_config
 from sgtool.data import DATASETS, Data, register_dataset
 from sgtool.layout import LAYOUTS
 from sgtool.models import MODEL_LAYOUTS, MODELS, build, register_model
-from sgtool.sgt import ASGTLoss, SGTLoss
+from sgtool.recipe import LOSSES
+from sgtool.sgt import ASGTLoss, SGTLoss, StandardLoss
 from sgtool.store import load_tensors
 from sgtool.train import epoch_seed, train_run
-from tests.toys import ConvNet, ToySeries, ToyTokens, conv_factory
+from tests.toys import ConvNet, Linear2x2, ToySeries, ToyTokens, conv_factory
 
 
 def softmax(z):
@@ -247,3 +250,48 @@ def test_sgtool_train_is_the_loss_object_in_a_plain_loop(toy_registry, tmp_path,
     stored = load_tensors(res["dir"] / "model.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(stored[k], v), k
+
+
+def test_sgt_loss_matches_hand_computation():
+    w = [[1.0, -2.0, 0.5, 0.0], [0.3, 0.1, -1.0, 2.0]]  # 2 classes, 4 pixels
+    model = Linear2x2(w)
+    x = torch.tensor([[[[0.2, 0.9], [0.4, 0.6]]]])
+    y = torch.tensor([0])
+    loss = SGTLoss(mask_frac=0.5, fill="zero", kl_weight=0.7)(model, x, y)
+    parts = {k: v.item() for k, v in loss.parts.items()}
+
+    # By hand. logits z = W x; grad of log p_0 wrt x = W_0 - sum_c p_c W_c.
+    xv = [0.2, 0.9, 0.4, 0.6]
+    z = [sum(wi * xi for wi, xi in zip(row, xv)) for row in w]
+    p = [math.exp(zi) / sum(math.exp(zj) for zj in z) for zi in z]
+    grad = [w[0][i] - (p[0] * w[0][i] + p[1] * w[1][i]) for i in range(4)]
+    # |grad| = |(1-p0)(w0 - w1)|: smallest two magnitudes are pixels 1 (|0.7-... |) etc.
+    order = sorted(range(4), key=lambda i: abs(grad[i]))
+    xm = [0.0 if i in order[:2] else xv[i] for i in range(4)]
+    zm = [sum(wi * xi for wi, xi in zip(row, xm)) for row in w]
+    pm = [math.exp(zi) / sum(math.exp(zj) for zj in zm) for zi in zm]
+    ce = -math.log(p[0])
+    kl = sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, pm))
+    assert parts["ce"] == pytest.approx(ce, rel=1e-5)
+    assert parts["kl"] == pytest.approx(kl, rel=1e-5)
+    assert loss.item() == pytest.approx(ce + 0.7 * kl, rel=1e-5)
+    # The clean branch is not detached: the KL term sends gradient through f(X) too.
+    loss.backward()
+    assert model.w.grad is not None
+
+
+def test_shared_pass_gives_same_loss_without_dropout():
+    model = Linear2x2([[1.0, -2.0, 0.5, 0.0], [0.3, 0.1, -1.0, 2.0]])
+    x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 1])
+    a = SGTLoss(fill="zero")(model, x, y)
+    b = SGTLoss(fill="zero", saliency_pass="shared")(model, x, y)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_standard_loss_is_cross_entropy():
+    model = Linear2x2([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    loss = StandardLoss()(model, x, torch.tensor([0]))
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+    assert set(LOSSES) == {"standard", "sgt", "asgt"}

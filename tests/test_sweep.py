@@ -44,6 +44,7 @@ def status(run_dir: Path) -> str | None:
         return None  # not there yet, or caught mid-replace
 
 
+@pytest.mark.processes
 def test_sweep_resumes_after_kill_without_retraining(tmp_path):
     path = write(tmp_path, TWO_CELLS)
     runs = tmp_path / "runs"

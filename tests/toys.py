@@ -65,3 +65,14 @@ def conv_factory(shape, num_classes):
 
 def not_a_module(shape, num_classes):
     return "a string"
+
+
+class Linear2x2(nn.Module):
+    """logits = W @ x.flatten() for a 1x2x2 image: the input gradient is known in closed form."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T
