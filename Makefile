@@ -3,13 +3,13 @@ PY      := .venv/bin/python
 SGTOOL  := .venv/bin/sgtool
 STAMP   := .venv/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned through the constraints file: the local CPU build, not gigabytes of CUDA.
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cluster]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cluster,docs]'
 	# torchattacks is only a cross-check in the tests; its own deps would pull torchvision.
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
@@ -30,6 +30,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check sgtool tests benchmarks
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict -d site
+
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/mask_eval_speed.py
@@ -38,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep_executors.py
 
 clean:
-	rm -rf .venv runs reports .pytest_cache
+	rm -rf .venv runs reports site .pytest_cache
