@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check sgtool tests benchmarks
 
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
