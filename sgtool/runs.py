@@ -29,7 +29,8 @@ from .store import MODEL, find_run, load_tensors
 # model settings: what a model factory gets beyond (shape, classes).
 MODEL_EXTRAS = ("vocab_size", "vectors", "pad_id", "unk_id", "first_word_id")
 MODEL_FIELDS = ("width", "heads", "pooling", "freeze_embeddings", "embed_dropout")
-DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split", "oov")
+DATA_FIELDS = ("data_version", "data_sha256", "max_len", "embeddings", "embeddings_sha256", "test_split", "oov",
+               "subset")
 
 
 def pick_device(name: str) -> torch.device:

@@ -28,6 +28,7 @@ from . import __version__
 from . import distributed as ddp
 from .config import VAL_SELECTS, TrainConfig, config_hash, to_dict
 from .data import get_dataset
+from .data.registry import class_warnings
 from .errors import SgtoolError
 from .layout import n_masked
 from .recipe import AUGMENTATIONS, autocast, make_loss, make_optimizer
@@ -147,6 +148,7 @@ class Run:
     world: int
     rows: list = field(default_factory=list)  # metrics.csv's rows of the finished epochs
     best: float = -math.inf
+    warnings: list = field(default_factory=list)  # for the caller to show: the data's, the loop's
     started: str = ""
     t_start: float = 0.0
 
@@ -199,6 +201,7 @@ def run_epoch(run: Run, epoch: int, on_progress=None) -> list[float]:
     run.model.train()
     tot = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kl, correct; float64 as the host's
     amp = lambda: autocast(device, cfg.precision)  # noqa: E731
+    bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
     for step in range(steps):
         batch = perm[step * bs : (step + 1) * bs]
         idx = batch.tensor_split(world)[rank] if world > 1 else batch  # this process's share
@@ -213,6 +216,10 @@ def run_epoch(run: Run, epoch: int, on_progress=None) -> list[float]:
         b = len(idx)
         tot += torch.stack([loss.detach().double() * b, loss.parts["ce"].double() * b,
                             loss.parts["kl"].double() * b, (loss.logits.argmax(1) == y).sum().double()])
+        # On the device, so that a GPU is not made to wait every step; read with the bar's sums.
+        bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), step, bad)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            _check_finite(run, epoch, int(bad), loss)
         if on_progress and run.lead and ((step + 1) % every == 0 or step + 1 == steps):
             seen = min((step + 1) * bs, n)
             s = tot.tolist()  # this process's sums: the bar shows process 0's share
@@ -222,6 +229,36 @@ def run_epoch(run: Run, epoch: int, on_progress=None) -> list[float]:
     if run.sched is not None:
         run.sched.step()
     return ddp.all_sum(tot).tolist()
+
+
+class NonFinite(SgtoolError):
+    """The loss became NaN or infinite: the weights after that step are no good."""
+
+
+def _check_finite(run: Run, epoch: int, bad: int, loss) -> None:
+    if bad >= 0:
+        kept = f"epoch {epoch - 1}'s checkpoint is kept" if epoch > 1 else "no epoch had finished"
+        raise NonFinite(f"the training loss became {float(loss.detach()):g} at epoch {epoch}, batch {bad + 1}; "
+                        f"the run is marked failed and {kept}; lower --lr (or --kl-weight), or look for "
+                        f"non-finite values in the data")
+
+
+def check_output(model, x: torch.Tensor, num_classes: int, name: str) -> None:
+    """The model maps a batch to (B, classes) finite logits, checked on two training samples before
+    anything is written."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - anyone's model can fail in any way: one line
+        raise SgtoolError(f"model {name} fails on a batch of the data ({type(e).__name__}: {e})") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SgtoolError(f"model {name} returns {shape} for a batch of {len(x)}, not (batch, {num_classes}) logits "
+                          f"for the dataset's {num_classes} classes")
 
 
 def end_epoch(run: Run, epoch: int, sums: list[float], seconds: float) -> None:
@@ -284,6 +321,7 @@ def start(cfg: TrainConfig, root, rid: str) -> Run:
         check_writable(root)
     data = load_data(cfg, cfg.train_size, cfg.test_size)
     check_data(cfg, data)
+    warnings = class_warnings(data, get_dataset(cfg.dataset, cfg.data_dir).num_classes)
     loss_fn = make_loss(cfg, data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
@@ -293,13 +331,17 @@ def start(cfg: TrainConfig, root, rid: str) -> Run:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if device.type == "cuda" and get_dataset(cfg.dataset, cfg.data_dir).layout == "image":
         model = model.to(memory_format=torch.channels_last)  # cuDNN's convolutions prefer it
+    spec = get_dataset(cfg.dataset, cfg.data_dir)
+    if len(data.x_train):
+        check_output(model, trim(data.x_train[:2], getattr(model, "pad_id", 0)).to(device), spec.num_classes, cfg.model)
     fwd = torch.compile(model) if cfg.compile else model
     xtr = data.x_train.to(device)  # the whole split lives on the device; only a batch's indices move
     tokens = not xtr.is_floating_point() and xtr.dim() == 2
     on_device = {"x": xtr, "y": data.y_train.to(device),
                  "valid": None if data.valid_train is None else data.valid_train.to(device),
                  "lengths": (xtr != getattr(model, "pad_id", 0)).sum(1) if tokens else None, "split": data}
-    return Run(cfg, rid, root / rid, model, fwd, None, None, None, loss_fn, on_device, device, rank, world)
+    return Run(cfg, rid, root / rid, model, fwd, None, None, None, loss_fn, on_device, device, rank, world,
+               warnings=warnings)
 
 
 def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
@@ -355,4 +397,4 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
         test_acc = finish(run)
         ddp.barrier()
     return {"id": rid, "dir": run.dir, "status": "completed", "test_acc": test_acc, "already": False,
-            "model": run.model}
+            "model": run.model, "warnings": run.warnings}

@@ -68,8 +68,12 @@ def test_bad_values(flags, fragment):
     assert fragment in str(e.value)
 
 
-def test_k_zero_is_fine_for_standard():
-    assert make_config(trainer="standard", mask_frac=0.0).mask_frac == 0.0
+def test_k_zero_is_fine_for_standard_and_options_a_trainer_does_not_use_are_not_stored():
+    cfg = make_config(trainer="standard", mask_frac=0.0, mask_fill="zero", adv_eps=5.0)
+    assert (cfg.mask_frac, cfg.mask_fill, cfg.adv_eps) == (0.5, None, None)  # the declared defaults
+    sgt = make_config(trainer="sgt", adv_eps=0.5, adv_steps=3)
+    assert (sgt.adv_eps, sgt.adv_steps) == (None, None) and sgt.mask_fill == "random"
+    assert config_hash(sgt) == config_hash(make_config(trainer="sgt"))
 
 
 def test_yaml_errors(tmp_path):

@@ -91,8 +91,9 @@ grid:
     cells = sweep.plan(path, runs_dir=str(tmp_path))
     # a standard run ignores mask-frac: 2 seeds x (1 standard + 2 sgt)
     assert len(cells) == 6 and len({c.run_id for c in cells}) == 6
+    # (a standard run's config keeps mask-frac at its default: it did not use the grid's value)
     assert [(c.cfg.trainer, c.cfg.mask_frac, c.cfg.seed) for c in cells][:3] == [
-        ("standard", 0.25, 0), ("standard", 0.25, 1), ("sgt", 0.25, 0)]
+        ("standard", 0.5, 0), ("standard", 0.5, 1), ("sgt", 0.25, 0)]
     attack = cells[0].evals["attack"]
     assert attack.eps == (2 / 255, 0.1) and attack.methods == ("fgsm",) and attack.limit == 10
     assert cells[0].evals["explain"].methods == ("grad", "random")

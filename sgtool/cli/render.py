@@ -157,6 +157,7 @@ def print_mask_eval(run: dict, res: dict) -> None:
         for s in res["summary"]:
             t.add_row(s["method"], *[num(s.get(k), k.startswith(("auc_vs", "diff"))) for k, _ in keys])
         console.print(t)
+    warn(res["warnings"])
     print_written(res, f"{res['path'].with_suffix('')}.csv, .summary.csv, .json")
 
 

@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..errors import SgtoolError
 from .app import app, handle_errors
 from .options import ConfigFile, RunsDir, flags
-from .render import console, lazy_task, progress_bar, say, table
+from .render import console, lazy_task, progress_bar, say, table, warn
 
 
 @app.command()
@@ -50,6 +50,7 @@ def train(
                    description=f"epoch {epoch}/{epochs}", info=f"loss {loss:.4f} acc {acc:.4f}")
 
         res = train_run(cfg, force=force, on_progress=show)
+    warn(res.get("warnings", []))
     if res["already"]:
         say(f"already trained: {res['id']}")
         return

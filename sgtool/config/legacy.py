@@ -20,7 +20,8 @@ ORIGINAL_FIELDS = ("dataset", "model", "trainer", "mask_frac", "kl_weight", "mas
 
 # field -> the values at which an added training field stays out of the hash (else: its default).
 OMIT = {"data_version": (None, 1), "world_size": (None, 1), "select": (None, "last"),
-        "freeze_embeddings": (None, False), "oov": (None, "random"), "embed_dropout": (None, 0.0)}
+        "freeze_embeddings": (None, False), "oov": (None, "random"), "embed_dropout": (None, 0.0),
+        "subset": (None, "first")}
 
 # evaluation config class -> field -> the one value at which it stays out of the evaluation's hash.
 EVAL_OMIT = {

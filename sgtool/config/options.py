@@ -174,6 +174,10 @@ def positive(v):
     return None if math.isfinite(v) and v > 0 else "positive"
 
 
+def positive_at_most(n):
+    return lambda v: None if math.isfinite(v) and 0 < v <= n else f"positive and at most {n:g}"
+
+
 def non_negative(v):
     return None if math.isfinite(v) and v >= 0 else "non-negative"
 

@@ -17,6 +17,7 @@ from ..distributed import env_world_size
 from ..errors import UsageError, unknown_name
 from ..layout import LAYOUTS, n_masked
 from ..models import check_fits, get_model
+from ..models.registry import takes
 from ..saliency import BASELINES, get_saliency
 from . import options as o
 from .evals import (
@@ -40,10 +41,18 @@ def make_config(yaml_path: str | Path | None = None, **flags) -> TrainConfig:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill unset fields from the dataset's defaults and check every value."""
+    """Fill unset fields from the dataset's defaults and check every value. Options the trainer
+    does not use are set back to their defaults, so that a stored config says only what its run
+    did; options the dataset's loader or the model's factory would ignore are refused."""
     o.check(cfg)  # a bad value of one field is named before the dataset is looked at
     spec = get_dataset(cfg.dataset, cfg.data_dir)
+    refuse_unused(cfg, spec)
     d = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if o.meta(f, "only") is not None and cfg.trainer not in o.meta(f, "only"):
+            d[f.name] = f.default
+    if cfg.dataset.split(":", 1)[0] in ("npz", "pt"):
+        d["dataset"] = absolute_file(cfg.dataset)
     if d["world_size"] is None:
         d["world_size"] = env_world_size()
     if cfg.recipe is not None:
@@ -57,10 +66,17 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for k, v in spec.defaults.items():
         if d.get(k) is None:
             d[k] = v
+    if d["train_size"] is None and d["test_size"] is None:
+        if cfg.subset is not None:
+            raise UsageError("--subset chooses the samples that --train-size and --test-size take; give one of "
+                             "them, or leave --subset out")
+        d["subset"] = None  # the whole splits, in the files' order: no subset to choose
+    elif d["subset"] is None:
+        d["subset"] = "first"
     lay = LAYOUTS[spec.layout]
-    if d["mask_fill"] is None:
+    if d["mask_fill"] is None and cfg.trainer != "standard":
         d["mask_fill"] = lay.default_fill
-    if d["saliency_sign"] is None:
+    if d["saliency_sign"] is None and cfg.trainer != "standard":
         d["saliency_sign"] = lay.default_sign
     if d["data_version"] is None:
         d["data_version"] = spec.version
@@ -84,9 +100,9 @@ def validate(cfg: TrainConfig) -> None:
     lay = LAYOUTS[spec.layout]
     get_model(cfg.model)  # an unknown name lists the models; a bad module:factory says why
     check_fits(cfg.model, spec, cfg.dataset)
-    if cfg.mask_fill not in lay.fills:
+    if cfg.trainer != "standard" and cfg.mask_fill not in lay.fills:
         raise unknown_name(f"{spec.layout} mask fill", cfg.mask_fill, lay.fills)
-    if cfg.saliency_sign not in lay.signs:
+    if cfg.trainer != "standard" and cfg.saliency_sign not in lay.signs:
         raise unknown_name(f"{spec.layout} saliency sign", cfg.saliency_sign, lay.signs)
     if cfg.trainer != "standard" and spec.layout != "tokens" and mask_k(cfg.mask_frac, spec.shape, spec.layout) == 0:
         raise UsageError(
@@ -125,6 +141,32 @@ def validate(cfg: TrainConfig) -> None:
         if cfg.adv_eps > eps_limit(spec):
             raise UsageError(f"--adv-eps {cfg.adv_eps:g} is wider than {cfg.dataset}'s value range "
                              f"({eps_limit(spec):g}); give an eps in the data's units")
+
+
+# The options a dataset's loader reads, and those a model's factory takes: given for a dataset or a
+# model that would ignore them, they are refused rather than stored as if they had done something.
+LOADER_OPTIONS = ("max_len", "data_version", "test_split")
+FACTORY_OPTIONS = ("width", "heads", "pooling")
+
+
+def refuse_unused(cfg: TrainConfig, spec) -> None:
+    """One line for an option given (not left to its default) that the dataset's loader or the
+    model's factory would ignore."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    given = [k for k in (*LOADER_OPTIONS, *FACTORY_OPTIONS) if getattr(cfg, k) != defaults[k]]
+    for k in given:
+        flag = f"--{k.replace('_', '-')}"
+        if k in LOADER_OPTIONS and not takes_option(spec, k):
+            raise UsageError(f"{cfg.dataset} does not take {flag} (its loader would ignore it); leave it out")
+        model = cfg.model or spec.defaults.get("model")
+        if k in FACTORY_OPTIONS and model is not None and not takes(get_model(model)[0], k):
+            raise UsageError(f"model {model} does not take {flag} (its factory would ignore it); leave it out")
+
+
+def absolute_file(dataset: str) -> str:
+    """npz:PATH / pt:PATH with PATH absolute, so that the run finds its file from any directory."""
+    prefix, _, path = dataset.partition(":")
+    return f"{prefix}:{Path(path).expanduser().resolve()}"
 
 
 def mask_k(mask_frac: float, shape, layout: str = "image") -> int:

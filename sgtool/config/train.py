@@ -30,6 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("attention", "max")
 OOV_RULES = ("random", "unk")
 TEST_SPLITS = ("test", "val")
+SUBSETS = ("first", "stratified")
 PER_DATASET = "per dataset"
 
 
@@ -56,12 +57,17 @@ class TrainConfig:
     # optimisation
     epochs: int | None = opt(None, "epochs", check=o.at_least(1), default_text=PER_DATASET)
     batch_size: int | None = opt(None, "batch size", check=o.at_least(1), default_text=PER_DATASET)
-    lr: float | None = opt(None, "learning rate", check=o.positive, default_text=PER_DATASET)
+    # a learning rate above 100 sends any of these optimisers to infinity on the first step
+    lr: float | None = opt(None, "learning rate", check=o.positive_at_most(100), default_text=PER_DATASET)
     optimizer: str | None = opt(None, "adadelta | sgd | adam", choices=OPTIMIZERS, kind="optimizer",
                                 default_text=PER_DATASET)
-    seed: int = opt(0, "seed of the initialisation, the epochs' order and SGT's fills")
+    seed: int = opt(0, "seed of the initialisation, the epochs' order and SGT's fills", check=o.at_least(0))
     train_size: int | None = opt(None, "use the first N training samples", check=o.at_least(1), default_text="all")
     test_size: int | None = opt(None, "use the first N test samples", check=o.at_least(1), default_text="all")
+    subset: str | None = opt(None, "which samples --train-size and --test-size take: first (the first N) | "
+                             "stratified (the first of each class in turn)", choices=SUBSETS, kind="subset",
+                             default_text="stratified for datasets whose files are sorted by class (ERASER), else "
+                             "first")
     data_sha256: str | None = opt(None, "npz:/pt: datasets: the file's sha256, filled in", cli=False, file=False)
     data_version: int | None = opt(None, "synthetic: 2, or 1 (the easier task: the class pattern alone)", default_text="the newest")
     width: int | None = opt(None, "series and text models: hidden width", check=o.at_least(1), default_text="per model")

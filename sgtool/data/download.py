@@ -45,26 +45,25 @@ def download(name: str, fname: str, mirrors: list[str], dest_dir: Path, md5: str
     accepted only with a `check`."""
     dest = dest_dir / fname
     errors = []
-    if not offline():
+    for mirror in [] if offline() else mirrors:
         try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            errors.append(str(e))
-        for mirror in [] if errors else mirrors:
-            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{fname}.", suffix=".part")
-            try:
-                with urllib.request.urlopen(mirror + fname, timeout=20) as r, os.fdopen(fd, "wb") as f:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                ok = (md5 is None or file_hash(Path(tmp)) == md5) and (check is None or check(Path(tmp)) is not False)
-                if not ok:
-                    errors.append(f"{mirror}: checksum mismatch")
-                    continue
-                os.replace(tmp, dest)
-                return dest
-            except (OSError, SgtoolError) as e:
-                errors.append(f"{mirror}: {e}")
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            # The folder is made only once a mirror answers, so that a failed fetch leaves nothing.
+            with urllib.request.urlopen(mirror + fname, timeout=20) as r:
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{fname}.", suffix=".part")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        while chunk := r.read(1 << 20):
+                            f.write(chunk)
+                    ok = (md5 is None or file_hash(Path(tmp)) == md5) and (check is None or check(Path(tmp)) is not False)
+                    if not ok:
+                        errors.append(f"{mirror}: checksum mismatch")
+                        continue
+                    os.replace(tmp, dest)
+                    return dest
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+        except (OSError, SgtoolError) as e:
+            errors.append(f"{mirror}: {e}")
     why = "offline" if offline() else "download failed"
     raise SgtoolError(f"{name}: missing file {fname} in {dest_dir} ({why}); put it there or pass --data-dir DIR")

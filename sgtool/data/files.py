@@ -17,6 +17,7 @@ file has changed since refuses to load it.
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +46,31 @@ def _read(path: Path, kind: str) -> dict:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SgtoolError(f"dataset file {path} holds Python objects, and sgtool never unpickles; save a dict of "
+                          f"tensors (torch.save({{'x_train': ..., ...}})) or use numpy.savez") from None
     except Exception as e:  # noqa: BLE001 - any failure means the file is not what we read
-        raise SgtoolError(f"dataset file {path} is unreadable ({type(e).__name__}: {e}); "
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise SgtoolError(f"dataset file {path} is unreadable ({type(e).__name__}: {why}); "
                           f"write it with numpy.savez or torch.save of a dict of tensors") from None
     if not isinstance(obj, dict):
         raise SgtoolError(f"dataset file {path} holds a {type(obj).__name__}, not a dict of arrays")
     return obj
 
 
-def _tensor(v) -> torch.Tensor:
-    return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+def _tensor(v, key: str, where: str) -> torch.Tensor:
+    """An array of the file as a real-valued or integer tensor; one line for anything else."""
+    if not isinstance(v, torch.Tensor):
+        try:
+            a = np.asarray(v)
+            if a.dtype.kind not in "biufc":
+                raise TypeError(a.dtype)
+            v = torch.as_tensor(a)
+        except (TypeError, ValueError, RuntimeError):
+            raise UsageError(f"{where}: '{key}' is not an array of numbers; store numbers under it") from None
+    if v.is_complex():
+        raise UsageError(f"{where}: '{key}' holds complex numbers; sgtool trains on real-valued data")
+    return v
 
 
 def _scalar(v):
@@ -70,7 +86,7 @@ def _parse(path: Path, kind: str, mtime: float, size: int):
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise UsageError(f"{where}: no '{missing[0]}' array; it needs {', '.join(REQUIRED)}")
-    t = {k: _tensor(v) for k, v in raw.items() if k not in ("layout", "classes", "num_classes")}
+    t = {k: _tensor(v, k, where) for k, v in raw.items() if k not in ("layout", "classes", "num_classes")}
     xtr, ytr, xte, yte = (t[k] for k in REQUIRED)
     layout = str(_scalar(raw["layout"])) if "layout" in raw else None
     if layout is None:

@@ -47,9 +47,12 @@ def _parse_glove(lines, path) -> tuple[dict[str, np.ndarray], int]:
         if len(parts) - 1 != dim:
             raise SgtoolError(f"embeddings file {path}, line {no}: {len(parts) - 1} values, the first line has {dim}")
         try:
-            vectors[parts[0]] = np.asarray(parts[1:], dtype=np.float32)
+            vec = np.asarray(parts[1:], dtype=np.float32)
         except ValueError:
             raise SgtoolError(f"embeddings file {path}, line {no}: a value is not a number") from None
+        if not np.isfinite(vec).all():
+            raise SgtoolError(f"embeddings file {path}, line {no}: a value is NaN or infinite")
+        vectors[parts[0]] = vec
     if dim is None:
         raise SgtoolError(f"embeddings file {path} holds no vectors")
     return vectors, dim

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError, unknown_name
+from ..errors import SgtoolError, UsageError, unknown_name
 from ..layout import LAYOUTS
 
 
@@ -117,10 +117,53 @@ def load(name: str, data_dir: str | Path | None = None, train_size: int | None =
     max_len, embeddings, ...) reach the loaders that take them."""
     spec = get_dataset(name, data_dir)
     kw = {k: v for k, v in options.items() if (v is not None or k == "run_train_size") and takes_option(spec, k)}
-    data = spec.loader(Path(data_dir) if data_dir else default_data_dir(), train_size, test_size, **kw)
+    post = options.get("subset") == "stratified" and "subset" not in kw  # the loader cannot choose: cut after
+    sizes = (None, None) if post else (train_size, test_size)
+    data = spec.loader(Path(data_dir) if data_dir else default_data_dir(), *sizes, **kw)
     if not isinstance(data, Data):
         raise UsageError(f"dataset {name}: its loader returned {type(data).__name__}, not sgtool.Data")
+    if post:
+        data = take_subset(data, train_size, test_size)
+    if len(data.x_train) == 0 or len(data.x_test) == 0:
+        split = "training" if len(data.x_train) == 0 else "test"
+        flag = "--train-size" if split == "training" else "--test-size"
+        raise SgtoolError(f"dataset {name} has no {split} samples; check its file, or give {flag} of at least 1")
     return data
+
+
+def stratified(y: torch.Tensor, n: int | None) -> torch.Tensor:
+    """Indices of the first n samples taken from each class in turn, in file order within a class:
+    the first of class 0, the first of class 1, ..., the second of class 0, ... (deterministic,
+    no seed needed). y (N,) holds class indices."""
+    if n is None or not len(y):
+        return torch.arange(min(len(y), n if n is not None else len(y)))
+    y = y.long() - int(y.min())
+    onehot = torch.nn.functional.one_hot(y)  # (N, C)
+    rank = (onehot.cumsum(0) - 1).gather(1, y[:, None])[:, 0]  # each sample's place within its class
+    return torch.argsort(rank * onehot.shape[1] + y, stable=True)[:n]
+
+
+def take_subset(data: Data, train_size: int | None, test_size: int | None) -> Data:
+    """A loaded dataset cut to stratified subsets of its splits (for loaders that cannot choose
+    their samples themselves: they then fit what they fit on the whole training split)."""
+    tr, te = stratified(data.y_train, train_size), stratified(data.y_test, test_size)
+    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
+    return Data(data.x_train[tr], data.y_train[tr], data.x_test[te], data.y_test[te], data.classes,
+                pick(data.gt_train, tr), pick(data.gt_test, te), pick(data.valid_train, tr),
+                pick(data.valid_test, te), data.extras)
+
+
+def class_warnings(data: Data, num_classes: int, splits=("train", "test")) -> list[str]:
+    """One line for each split that holds fewer classes than the dataset has (a small first-N
+    subset of a file sorted by class, say): its scores then say little about the others."""
+    out = []
+    for split in splits:
+        y = getattr(data, f"y_{split}")
+        present = int(torch.unique(y).numel()) if len(y) else 0
+        if present < num_classes:
+            out.append(f"the {split} split holds {present} of the dataset's {num_classes} classes; "
+                       f"give a larger --{split}-size or --subset stratified")
+    return out
 
 
 def split_sizes(n_train: int, n_test: int, train_size: int | None, test_size: int | None) -> tuple[int, int]:

@@ -39,7 +39,7 @@ import torch
 from ..errors import SgtoolError, UsageError, unknown_name
 from .download import download, file_hash, offline
 from .glove import embedding_matrix, resolve_embeddings
-from .registry import PREFIXES, UNSET, Data, DatasetSpec, default_data_dir, register_dataset
+from .registry import PREFIXES, UNSET, Data, DatasetSpec, default_data_dir, register_dataset, stratified
 
 PAD, UNK, SEP = "<pad>", "<unk>", "<sep>"
 SPECIALS = (PAD, UNK, SEP)
@@ -240,17 +240,25 @@ def _examples(folder: _Folder, split: str, use_query: bool) -> list[dict]:
 
 def eraser_loader(name: str, use_query: bool):
     def load(data_dir, train_size, test_size, max_len=None, embeddings=None, embeddings_sha256=None,
-             test_split="test", oov=None, run_train_size=UNSET) -> Data:
+             test_split="test", oov=None, subset=None, run_train_size=UNSET) -> Data:
         if test_split not in ("test", "val"):
             raise unknown_name("test split", test_split, ("test", "val"))
         folder = _Folder(name, Path(data_dir))
         every = _examples(folder, "train", use_query)
-        # The vocabulary is the run's training split's, also when an evaluation asks for the test split only.
-        fit = every[: (train_size if run_train_size is UNSET else run_train_size)]
-        train = every[:train_size]
-        test = _examples(folder, test_split, use_query)[:test_size]
-        classes = sorted({e["label"] for e in fit})
+        # The classes are the whole training file's: a subset that lacks one keeps its place.
+        classes = sorted({e["label"] for e in every})
         index = {c: i for i, c in enumerate(classes)}
+
+        def take(examples, n):  # the first n, or with subset "stratified" the first of each class in turn
+            if subset != "stratified" or n is None:
+                return examples[:n]
+            order = stratified(torch.tensor([index.get(e["label"], -1) for e in examples]), n)
+            return [examples[i] for i in order.tolist()]
+
+        # The vocabulary is the run's training split's, also when an evaluation asks for the test split only.
+        fit = take(every, train_size if run_train_size is UNSET else run_train_size)
+        train = take(every, train_size)
+        test = take(_examples(folder, test_split, use_query), test_size)
         unknown = [e["label"] for e in test if e["label"] not in index]
         if unknown:
             raise SgtoolError(f"eraser:{name}: {test_split} label '{unknown[0]}' never occurs in train.jsonl")
@@ -285,8 +293,10 @@ TEXT_DEFAULTS = dict(model="bilstm", epochs=10, batch_size=32, optimizer="adam",
 # lowest validation loss, and 0.2 of the word vectors are dropped in training, as ERASER's
 # baselines do. On Movies tuned 50-d vectors overfitted where frozen ones did not, and the
 # dropout lifted both trainers' test accuracy (docs/text.md says what each choice costs).
+# Their files are sorted by class (Movies: 800 negative reviews, then 800 positive), so the first N
+# of a split can hold one class: --train-size and --test-size take the first of each class in turn.
 ERASER_DEFAULTS = {**TEXT_DEFAULTS, "epochs": 15, "select": "val-loss", "freeze_embeddings": True,
-                   "embed_dropout": 0.2}
+                   "embed_dropout": 0.2, "subset": "stratified"}
 ERASER_SETS = {"eraser-movies": ("movies", False, 2, "ERASER Movie Reviews (sentiment) with human rationales"),
                "eraser-fever": ("fever", True, 2, "ERASER FEVER (claim + Wikipedia passage) with rationales"),
                "eraser-esnli": ("esnli", True, 3, "ERASER e-SNLI (premise and hypothesis) with rationales")}

@@ -8,6 +8,7 @@ model's last step is the series' last real step, and carry a (N, T) validity mas
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -18,6 +19,21 @@ import torch
 from ..errors import SgtoolError, UsageError
 from .download import download, find, offline
 from .registry import PREFIXES, UNSET, Data, DatasetSpec, default_data_dir, register_dataset
+
+
+def _value(text: str) -> float:
+    """One value: '?' is the format's missing value (NaN); a NaN or an infinity written as a
+    number is refused, since it is no measurement."""
+    text = text.strip()
+    if text == "?":
+        return math.nan
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError("a value is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"a value is {text}; write a missing value as '?'")
+    return v
 
 
 def read_ts(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
@@ -57,9 +73,9 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
         if dims is not None and len(values) != dims:
             raise SgtoolError(f"{path}, line {no}: {len(values)} dimensions, the header says {dims}")
         try:
-            cols = [np.array([np.nan if v.strip() == "?" else float(v) for v in d.split(",")]) for d in values]
-        except ValueError:
-            raise SgtoolError(f"{path}, line {no}: a value is not a number") from None
+            cols = [np.array([_value(v) for v in d.split(",")]) for d in values]
+        except ValueError as e:
+            raise SgtoolError(f"{path}, line {no}: {e}") from None
         if len({len(c) for c in cols}) != 1:
             raise SgtoolError(f"{path}, line {no}: its dimensions have different lengths")
         label = label.strip()
@@ -96,9 +112,17 @@ def _uea_files(name: str, data_dir: Path) -> tuple[Path, Path]:
         except SgtoolError:
             archive = None
     if archive is None:
-        raise SgtoolError(f"uea:{name}: missing file {name}_TRAIN.ts in {data_dir / 'uea' / name} "
+        # name the file that is missing, where the other one was found (else under DIR/uea/NAME)
+        where, missing = data_dir / "uea" / name, f"{name}_TRAIN.ts"
+        for d in (data_dir / "uea" / name, data_dir / name, data_dir / "uea", data_dir):
+            have = [f for f in (f"{name}_TRAIN.ts", f"{name}_TEST.ts") if (d / f).is_file()]
+            if have:
+                where, missing = d, f"{name}_TEST.ts" if have == [f"{name}_TRAIN.ts"] else f"{name}_TRAIN.ts"
+                break
+        raise SgtoolError(f"uea:{name}: missing file {missing} in {where} "
                           f"({'offline' if offline() else 'download failed'}); put it there or pass --data-dir DIR")
     try:
+        dest.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(archive) as z:
             for m in z.namelist():
                 if Path(m).name in (f"{name}_TRAIN.ts", f"{name}_TEST.ts"):
@@ -124,6 +148,9 @@ def uea_loader(name: str):
         tr_path, te_path = _uea_files(name, data_dir)
         tr, ytr, classes = read_ts(tr_path)
         te, yte, _ = read_ts(te_path)
+        if tr[0].shape[1] != te[0].shape[1]:
+            raise SgtoolError(f"uea:{name}: {te_path.name} has {te[0].shape[1]} dimensions, {tr_path.name} has "
+                              f"{tr[0].shape[1]}; give the TEST file of the same dataset")
         index = {c: i for i, c in enumerate(classes)}
         missing = [c for c in set(ytr) | set(yte) if c not in index]
         if missing:

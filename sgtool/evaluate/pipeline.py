@@ -25,6 +25,7 @@ import torch
 from .. import distributed as ddp
 from ..config import RESOLVE, eval_hash, from_dict
 from ..data import get_dataset
+from ..data.registry import class_warnings
 from ..models import freeze
 from ..runs import load_data, load_model, pick_device
 from ..store import EvalFiles, eval_files, read_evaluation, write_evaluation
@@ -99,7 +100,8 @@ def _result(ev: Evaluation, where: EvalFiles, cfg, rows, summary, meta: dict, ca
     files = {s: where.file(s) for s in written if s not in ev.tables and where.file(s).is_file()}
     return {"id": where.eid, "kind": ev.kind, "config": cfg, "rows": rows, "summary": summary,
             "path": where.file(ROWS), "files": files, "cached": cached, "meta": meta,
-            **{k: meta.get(k) for k in ("clean_accuracy", "seconds", "warnings", "n")}}
+            "warnings": [*meta.get("warnings", []), *meta.get("data_warnings", [])],
+            **{k: meta.get(k) for k in ("clean_accuracy", "seconds", "n")}}
 
 
 def read(ev: Evaluation, run: dict, cfg, **options) -> dict | None:
@@ -139,6 +141,8 @@ def evaluate(ev: Evaluation, run: dict, cfg, force: bool = False, on_progress=No
     out = ev.compute(Context(run, cfg, train, spec, data, model, device, lead, on_progress, options))
     meta = {"kind": ev.kind, "run": run["id"], "config": dataclasses.asdict(cfg),
             "created": datetime.now(timezone.utc).isoformat(), **out.meta}
+    if dw := class_warnings(data, spec.num_classes, ("test",)):
+        meta["data_warnings"] = dw
     if lead:  # one process writes
         tables = {s: out.summary if s == SUMMARY else out.rows for s in ev.tables}
         write_evaluation(where, meta, tables, out.files)

@@ -15,8 +15,6 @@ nn.Module`; `register_model(name, factory, layout=...)` adds one under a short n
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 
@@ -24,17 +22,12 @@ from ..data import get_dataset
 from ..errors import UsageError
 from ..nnutil import Normalize, input_std
 from . import images, series, text  # noqa: F401 - each family registers its models
-from .registry import MODEL_LAYOUTS, MODELS, check_fits, get_model, models_for, register_model
+from .registry import MODEL_LAYOUTS, MODELS, check_fits, get_model, models_for, register_model, takes
 
 
 def _call(factory, shape, num_classes, options: dict):
     """factory(shape, num_classes, **the options it takes)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in options.items() if v is not None and (takes_all or k in params)}
+    kw = {k: v for k, v in options.items() if v is not None and takes(factory, k)}
     return factory(tuple(shape), num_classes, **kw)
 
 
@@ -49,7 +42,7 @@ def build(name: str, dataset, **options) -> nn.Module:
         net = _call(factory, spec.shape, spec.num_classes, options)
     except UsageError:
         raise
-    except Exception as e:  # noqa: BLE001 - a user's factory can fail in any way
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a user's factory can fail in any way, exit included
         if ":" not in name:
             raise
         raise UsageError(f"--model {name}: the factory failed ({type(e).__name__}: {e})") from None

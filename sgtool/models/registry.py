@@ -5,6 +5,7 @@ series.py, text.py) register their models when they are imported."""
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from ..errors import UsageError, unknown_name
 from ..layout import LAYOUTS
@@ -43,6 +44,15 @@ def get_model(name: str):
     if name not in MODELS:
         raise unknown_name("model", name, MODELS)
     return MODELS[name], MODEL_LAYOUTS[name]
+
+
+def takes(factory, option: str) -> bool:
+    """Whether factory(shape, num_classes, **options) reads `option` (by name, or through **kw)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True  # cannot tell: let it through
+    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def models_for(layout: str) -> list[str]:
