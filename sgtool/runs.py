@@ -3,7 +3,7 @@ builds its model and data through the same functions, so a run's evaluation sees
 its training saw.
 
     load_data(cfg)        the run's dataset, with the config's data options
-    build_model(cfg)      a fresh model of the run's architecture
+    build_model(cfg)      a fresh model of the run's architecture (check_output: it maps to logits)
     load_model(run)       the trained model of a stored run, in eval mode
     select_runs(...)      runs by id prefixes, or the run of a training config
     pick_device(name)     auto | cpu | cuda
@@ -62,6 +62,24 @@ def model_options(cfg: TrainConfig, data=None) -> dict:
 
 def build_model(cfg: TrainConfig, data=None, data_dir=None):
     return build(cfg.model, get_dataset(cfg.dataset, data_dir or cfg.data_dir), **model_options(cfg, data))
+
+
+def check_output(model, x: torch.Tensor, num_classes: int, name: str) -> None:
+    """The model maps a batch to (B, classes) finite logits, checked on two training samples before
+    anything is written."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - anyone's model can fail in any way: one line
+        raise SgtoolError(f"model {name} fails on a batch of the data ({type(e).__name__}: {e})") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SgtoolError(f"model {name} returns {shape} for a batch of {len(x)}, not (batch, {num_classes}) logits "
+                          f"for the dataset's {num_classes} classes")
 
 
 def load_model(run: dict, device: str | torch.device = "cpu", data=None, data_dir=None):

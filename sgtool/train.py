@@ -32,7 +32,7 @@ from .data.registry import class_warnings
 from .errors import SgtoolError
 from .layout import n_masked
 from .recipe import AUGMENTATIONS, autocast, make_loss, make_optimizer
-from .runs import build_model, load_data, pick_device, split_scores, trim
+from .runs import build_model, check_output, load_data, pick_device, split_scores, trim
 from .store import (
     BEST,
     CKPT,
@@ -42,6 +42,7 @@ from .store import (
     MODEL,
     RUN,
     check_writable,
+    damage,
     load_checkpoint,
     load_tensors,
     make_root,
@@ -243,24 +244,6 @@ def _check_finite(run: Run, epoch: int, bad: int, loss) -> None:
                         f"non-finite values in the data")
 
 
-def check_output(model, x: torch.Tensor, num_classes: int, name: str) -> None:
-    """The model maps a batch to (B, classes) finite logits, checked on two training samples before
-    anything is written."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as e:  # noqa: BLE001 - anyone's model can fail in any way: one line
-        raise SgtoolError(f"model {name} fails on a batch of the data ({type(e).__name__}: {e})") from None
-    finally:
-        model.train(was)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SgtoolError(f"model {name} returns {shape} for a batch of {len(x)}, not (batch, {num_classes}) logits "
-                          f"for the dataset's {num_classes} classes")
-
-
 def end_epoch(run: Run, epoch: int, sums: list[float], seconds: float) -> None:
     """Score the epoch (test, and validation where the epoch is chosen on it), log its row, keep
     its weights if it is the best so far, and checkpoint."""
@@ -358,6 +341,8 @@ def train_run(cfg: TrainConfig, force: bool = False, on_progress=None) -> dict:
     root = runs_root(cfg.runs_dir)
     rid = config_hash(cfg)
     if not force and (info := _completed(root / rid)) is not None:
+        if (why := damage(root / rid)) is not None:
+            raise SgtoolError(f"run {rid} is damaged ({why}); retrain it with --force")
         rows = read_metrics(root / rid)
         acc = float(info.get("test_acc", rows[-1]["test_acc"] if rows else "nan"))
         return {"id": rid, "dir": root / rid, "status": "completed", "test_acc": acc, "already": True}

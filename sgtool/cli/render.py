@@ -47,6 +47,11 @@ def progress_bar() -> Progress:
                     console=err_console, transient=False)
 
 
+def plain(fields: dict) -> dict:
+    """A progress task's text fields escaped: they hold names from the user and the store."""
+    return {k: escape(v) if isinstance(v, str) and k in ("description", "info") else v for k, v in fields.items()}
+
+
 def lazy_task(bar: Progress, description: str):
     """update(**fields) for a task of `bar` that is added at its first update, so that a command
     that fails early or finds its result cached draws no empty bar."""
@@ -54,8 +59,8 @@ def lazy_task(bar: Progress, description: str):
 
     def update(**fields):
         if not ids:
-            ids.append(bar.add_task(description, total=None, info=""))
-        bar.update(ids[0], **fields)
+            ids.append(bar.add_task(escape(description), total=None, info=""))
+        bar.update(ids[0], **plain(fields))
 
     return update
 

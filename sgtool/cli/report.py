@@ -10,7 +10,7 @@ import typer
 from ..errors import SgtoolError
 from .app import app, handle_errors
 from .options import DataDir, Device, RunsDir
-from .render import print_frame, print_rows, progress_bar, say, warn
+from .render import plain, print_frame, print_rows, progress_bar, say, warn
 
 
 @app.command()
@@ -86,11 +86,11 @@ def sweep(
             if event == "plan":
                 bar.update(overall, total=e["steps"], info=f"{e['cells']} cells")
             elif event == "stage":
-                bar.update(overall, completed=e["step"] - 1, description=f"{e['experiment']} {e['cell']}/{e['cells']}",
-                           info=f"{e['stage'].replace('_', '-')} {e['run']}")
+                bar.update(overall, **plain(dict(completed=e["step"] - 1, info=f"{e['stage'].replace('_', '-')} {e['run']}",
+                                                 description=f"{e['experiment']} {e['cell']}/{e['cells']}")))
                 bar.reset(stage, total=None, description=f"  {e['stage'].replace('_', '-')}", info="", visible=True)
             elif event == "inner":
-                bar.update(stage, completed=e["completed"], total=e["total"], info=e["info"])
+                bar.update(stage, **plain(dict(completed=e["completed"], total=e["total"], info=e["info"])))
             elif event == "wait":
                 bar.update(overall, info=f"waiting for {e['cells']} cell(s) other processes run")
 

@@ -5,6 +5,7 @@ families (images.py, series.py, text.py, files.py) register themselves when impo
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -101,8 +102,26 @@ def get_dataset(name: str, data_dir=None) -> DatasetSpec:
     if prefix in PREFIXES:
         return PREFIXES[prefix](name, data_dir)
     if name not in DATASETS:
-        raise unknown_name("dataset", name, [*DATASETS, *(f"{p}:..." for p in PREFIXES)])
+        raise unknown_dataset(name)
     return DATASETS[name]
+
+
+# A family of registered names, shown as one pattern where a message lists the datasets:
+# pattern -> (the names it stands for, what its parts may be).
+FAMILIES: dict[str, tuple[set, str]] = {}
+PREFIX_FORMS = {"npz": "npz:PATH", "pt": "pt:PATH", "uea": "uea:NAME", "eraser": "eraser:NAME"}
+
+
+def unknown_dataset(name: str) -> UsageError:
+    """One line: the closest names, then every dataset with the families folded into their
+    patterns and the prefixed forms."""
+    in_family = {n for names, _ in FAMILIES.values() for n in names}
+    shown = sorted(n for n in DATASETS if n not in in_family)
+    shown += [f"{pattern} ({parts})" for pattern, (_, parts) in sorted(FAMILIES.items())]
+    shown += [PREFIX_FORMS.get(p, f"{p}:...") for p in sorted(PREFIXES)]
+    close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return UsageError(f"unknown dataset '{name}'; {hint}choose from: {', '.join(shown)}")
 
 
 def takes_option(spec: DatasetSpec, name: str) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import unknown_name
-from .registry import UNSET, Data, load, register_dataset
+from .registry import FAMILIES, UNSET, Data, load, register_dataset
 
 T_TSB, F_TSB, N_TRAIN, N_TEST = 50, 50, 1000, 100
 
@@ -227,6 +227,8 @@ for _kind in TSB_TYPES:
             defaults=TSB_DEFAULTS, attack=dict(eps=0.1, step_size=0.01, steps=20), bounds=None, has_gt=True,
             background=True, value_range=1.0,
             description=f"TSB synthetic: {_kind} box on a {_bg} background, with ground truth")
+FAMILIES["tsb-TYPE-BACKGROUND"] = ({f"tsb-{k}-{b}" for k in TSB_TYPES for b in BACKGROUNDS},
+                                   f"TYPE: {', '.join(TSB_TYPES)}; BACKGROUND: {', '.join(BACKGROUNDS)}")
 
 
 # --------------------------------------------------------------------------- sequential MNIST

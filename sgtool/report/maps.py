@@ -15,7 +15,7 @@ from ..config import ExplainConfig
 from ..errors import SgtoolError, UsageError, unknown_name
 from ..evaluate.explain import MAPS, compute_maps, maps_bytes, read_maps
 from ..saliency import position_score
-from ..store import atomic_write_bytes, atomic_write_text
+from ..store import atomic_write_bytes, atomic_write_text, check_dir, make_dir
 from .figure import DPI, png_bytes
 
 # Layout of an image grid, in inches: each cell is IMG_IN square plus room for its caption.
@@ -243,10 +243,11 @@ def explain(runs: list[dict], cfg: ExplainConfig, out: str | Path = "explain.png
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, got {out}")
+    check_dir(out.parent, "--out")
     maps = compute_maps(runs, cfg)
     png = render_maps(maps)
+    make_dir(out.parent, "--out")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, png)
         atomic_write_bytes(out.with_suffix(".safetensors"), maps_bytes(maps))
         if maps["kind"] == "tokens":

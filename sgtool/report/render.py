@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import SgtoolError, unknown_name
-from ..store import atomic_write_bytes, atomic_write_text
+from ..errors import unknown_name
+from ..store import atomic_write_bytes, atomic_write_text, check_dir, make_dir
 from .collect import Report
 from .plots import plots
 from .tables import NOTES, TITLES, formatted, split_constant, tables
@@ -95,13 +95,12 @@ def write_report(rep: Report, fmt: str = "table", out: str | Path | None = None)
               "files": []}
     if fmt == "html" and out is None:
         out = Path("reports")
+    if out is not None:
+        check_dir(out, "--out")
     figs = plots(rep) if out is not None else {}
     if out is not None:
         out = Path(out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SgtoolError(f"cannot write report dir {out}: {e.strerror or e}; pass --out DIR") from None
+        make_dir(out, "--out")
         for items in figs.values():
             for name, _, png in items:
                 atomic_write_bytes(out / name, png)

@@ -8,7 +8,7 @@
       checkpoint.safetensors + checkpoint.json   last finished epoch: model, optimiser, RNG
       lock                 held (flock) while a process trains this run
       <kind>/              evaluations (mask_eval, attack, explain, ...), each cached by the hash
-                           of its own config: see "evaluations" below
+                           of its own config (cache.py)
 
 Every file is written atomically (temp file in the same dir, then os.replace), so a kill
 leaves either the old file or the new one, never half of one. Nothing is ever pickled.
@@ -16,24 +16,34 @@ leaves either the old file or the new one, never half of one. Nothing is ever pi
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from .errors import SgtoolError
-from .locks import held, is_held, owner
+from ..errors import SgtoolError
+from ..locks import held, is_held, owner
+from .cache import EvalFiles, eval_files, read_evaluation, write_evaluation  # noqa: F401 - the store's face
+from .files import (  # noqa: F401 - the store's face
+    UMASK,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_dir,
+    csv_text,
+    load_tensors,
+    make_dir,
+    read_csv,
+    save_tensors,
+    tensor_bytes,
+    write_csv,
+    write_json,
+    write_yaml,
+)
 
 CONFIG, RUN, METRICS, MODEL = "config.yaml", "run.json", "metrics.csv", "model.safetensors"
 CKPT, CKPT_META, LOCK = "checkpoint.safetensors", "checkpoint.json", "lock"
@@ -42,78 +52,6 @@ BEST = "best.safetensors"  # --recipe authors: the weights of the best test accu
 
 def runs_root(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("SGTOOL_RUNS_DIR", "./runs"))
-
-
-# --------------------------------------------------------------------------- atomic files
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_yaml(path: Path, obj) -> None:
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
-
-
-def csv_text(rows: list[dict]) -> str:
-    """Tidy rows (list of dicts) -> CSV text. The columns are every key in first-seen order: a run
-    resumed by a newer sgtool may log a column its first epochs lack (left empty)."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, csv_text(rows))
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Tensors as the bytes of a safetensors file."""
-    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    atomic_write_bytes(path, tensor_bytes(tensors, metadata))
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return st_load(Path(path).read_bytes())
 
 
 RUNS_DIR_HINT = "pass --runs-dir DIR"
@@ -168,10 +106,28 @@ def read_run(run_dir: Path) -> dict:
         if not isinstance(info, dict) or not isinstance(cfg, dict):
             raise ValueError("not a mapping")
     except (OSError, ValueError, yaml.YAMLError) as e:
-        raise SgtoolError(f"run {run_dir.name} is corrupt or half-written: {e}") from None
+        what = "config.yaml is not YAML" if isinstance(e, yaml.YAMLError) else (str(e).splitlines() or [""])[0]
+        raise SgtoolError(f"run {run_dir.name} is corrupt or half-written ({what}); retrain it with "
+                          f"`sgtool train ... --force` or remove {run_dir}") from None
     if info.get("status") == "running" and not lock_held(run_dir):
         info["status"] = "interrupted"  # killed hard (SIGKILL): nobody holds its lock any more
     return {**info, "id": run_dir.name, "dir": run_dir, "config": cfg}
+
+
+def damage(run_dir: Path) -> str | None:
+    """What is wrong with a completed run's files (its config or its weights do not read), else None."""
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+        if not isinstance(cfg, dict):
+            return "its config.yaml is not a mapping"
+    except (OSError, ValueError, yaml.YAMLError):
+        return "its config.yaml does not read"
+    try:
+        with safe_open(str(Path(run_dir) / MODEL), framework="pt") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 - a missing, truncated or foreign file alike
+        return "its model.safetensors does not read"
+    return None
 
 
 def lock_held(run_dir: Path) -> bool:
@@ -268,108 +224,3 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, di
         scheduler.load_state_dict(meta["scheduler"])
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return int(meta["epoch"]), rng
-
-
-# --------------------------------------------------------------------------- evaluations
-# Each evaluation of a run is cached under runs/<id>/<kind>/ by its own id (config.eval_hash):
-#
-#   <eval id>.csv            its rows (one per method and fraction, method and eps, ...)
-#   <eval id>.summary.csv    its summary, where it has one (one row per method)
-#   <eval id>.<name>         its other files (ERASER's JSONL, saliency maps, adversarial examples)
-#   <eval id>.json           written last: the config, the evaluation's figures, and "files":
-#                            each file's bytes, sha256 and (tables) rows
-#
-# An entry is served only when its JSON is readable and every file it lists is whole, so a kill
-# while writing, or a file damaged later, is a miss and the evaluation runs again. Entries
-# written before the JSON listed its files are checked by their tables' shape instead.
-
-
-@dataclass(frozen=True)
-class EvalFiles:
-    """Where one evaluation of a run lives: `file(".csv")` is <eval id>.csv in <run>/<kind>/."""
-    folder: Path
-    eid: str
-
-    def file(self, suffix: str) -> Path:
-        return self.folder / f"{self.eid}{suffix}"
-
-    @property
-    def json(self) -> Path:
-        return self.file(".json")
-
-
-def eval_files(run_dir: Path, kind: str, eid: str) -> EvalFiles:
-    return EvalFiles(Path(run_dir) / kind, eid)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_evaluation(where: EvalFiles, meta: dict, tables: dict[str, list[dict]] | None = None,
-                     files: dict[str, bytes] | None = None) -> None:
-    """The tables (suffix -> rows, as CSV) and files (suffix -> bytes), then the JSON last, which
-    records each file, so that its presence means the entry is whole."""
-    try:
-        where.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SgtoolError(f"cannot write {where.folder}: {e.strerror or e}") from None
-    record = {}
-    for suffix, rows in (tables or {}).items():
-        data = csv_text(rows).encode()
-        atomic_write_bytes(where.file(suffix), data)
-        record[suffix] = {"bytes": len(data), "sha256": _sha256(data), "rows": len(rows)}
-    for suffix, data in (files or {}).items():
-        atomic_write_bytes(where.file(suffix), data)
-        record[suffix] = {"bytes": len(data), "sha256": _sha256(data)}
-    write_json(where.json, {**meta, "files": record})
-
-
-def read_evaluation(where: EvalFiles, tables: tuple[str, ...] = (), need: tuple[str, ...] = (),
-                    rows=None) -> dict | None:
-    """{"meta": the JSON, "tables": {suffix: rows as strings}} of a whole cache entry, else None.
-    `tables` are the CSVs to read back, `need` other files that must be there; `rows(config)`
-    the row count each table must have, for entries whose JSON does not record its files."""
-    try:
-        meta = json.loads(where.json.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        return None
-    record = meta.get("files")
-    try:
-        expect = rows(meta["config"]) if rows is not None and not isinstance(record, dict) else {}
-    except (KeyError, TypeError):
-        return None
-    out = {}
-    for suffix in (*tables, *need):
-        path = where.file(suffix)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
-        if isinstance(record, dict):
-            entry = record.get(suffix)
-            if not isinstance(entry, dict) or entry.get("sha256") != _sha256(data):
-                return None
-        if suffix in tables:
-            parsed = _whole_csv(data)
-            if parsed is None or (suffix in expect and len(parsed) != expect[suffix]):
-                return None
-            out[suffix] = parsed
-    return {"meta": meta, "tables": out}
-
-
-def _whole_csv(data: bytes) -> list[dict] | None:
-    """The rows of a CSV file that ends where a line ends and whose rows all have the header's
-    fields; None for anything cut short."""
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        return None
-    if not text or not text.endswith("\n"):
-        return None
-    lines = list(csv.reader(io.StringIO(text)))
-    if not lines or any(len(line) != len(lines[0]) for line in lines):
-        return None
-    return [dict(zip(lines[0], line)) for line in lines[1:]]
