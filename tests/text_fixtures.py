@@ -44,3 +44,19 @@ def movies_like(root, tar=False):
     test = [{"annotation_id": "c.txt", "classification": "POS", "query": "", "evidences": [[ev("c.txt", 0, 1)]]},
             {"annotation_id": "d.txt", "classification": "NEG", "query": "", "evidences": []}]
     return write_eraser(root, "movies", docs, {"train": train, "val": test, "test": test}, tar=tar)
+
+
+def sorted_movies(root, n: int = 6):
+    """A Movies-layout set sorted by class as the real one is: n negative reviews, then n positive,
+    in every split."""
+    docs, splits = {}, {}
+    for split in ("train", "val", "test"):
+        anns = []
+        for label, word in (("NEG", "dull"), ("POS", "great")):
+            for i in range(n):
+                docid = f"{split}_{label}_{i}.txt"
+                docs[docid] = [f"a {word} film , {word} indeed"]
+                anns.append({"annotation_id": docid, "classification": label, "query": "",
+                             "evidences": [[ev(docid, 1, 2)]]})
+        splits[split] = anns
+    return write_eraser(root, "movies", docs, splits)

@@ -76,3 +76,37 @@ class Linear2x2(nn.Module):
 
     def forward(self, x):
         return x.flatten(1) @ self.w.T
+
+
+def wrong_logits(shape, num_classes):
+    """A factory whose model returns 4 more logits than the data has classes."""
+    c, h, w = shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes + 4))
+
+
+def exits(shape, num_classes):
+    """A factory that calls sys.exit(0) instead of returning a model."""
+    raise SystemExit(0)
+
+
+class GoesNaN(nn.Module):
+    """Finite logits for the first `after` training forwards, then NaN: a training that diverges."""
+
+    def __init__(self, features, num_classes, after):
+        super().__init__()
+        self.fc = nn.Linear(features, num_classes)
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                return out * float("nan")
+        return out
+
+
+def nan_in_epoch_two(shape, num_classes):
+    """Diverges on the first batch of the second epoch of a one-batch-per-epoch run."""
+    c, h, w = shape
+    return GoesNaN(c * h * w, num_classes, after=1)

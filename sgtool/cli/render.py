@@ -42,9 +42,11 @@ def say(text: str) -> None:
 
 
 def progress_bar() -> Progress:
+    """A bar on stderr. On a terminal it stays once done; elsewhere (a pipe, a log, a test) it is
+    never drawn, so that stderr holds only warnings and errors."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False)
+                    console=err_console, disable=not err_console.is_terminal)
 
 
 def plain(fields: dict) -> dict:

@@ -56,7 +56,7 @@ class MaskEvalConfig:
     rationale_fraction: bool = opt(True, "text: also score at the human rationales' share of tokens", cli=False)
     limit: int | None = opt(None, "evaluate the first N test samples", check=o.at_least(1), default_text="all")
     batch_size: int = opt(250, "evaluation batch size", check=o.at_least(1))
-    seed: int = opt(0, "seed of the fill, the random baseline and the methods' noise", check=o.at_least(0))
+    seed: int = opt(0, "seed of the fill, the random baseline and the methods' noise", check=o.seed)
     data_dir: str | None = opt(None, "where datasets live", **_DATA_DIR)
     device: str = opt("auto", "auto | cpu | cuda", **_DEVICE)
 
@@ -78,7 +78,7 @@ class AttackConfig:
                            default_text="eval mode")
     limit: int | None = opt(None, "attack the first N test samples", check=o.at_least(1), default_text="all")
     batch_size: int = opt(500, "attack batch size", check=o.at_least(1))
-    seed: int = opt(0, "seed of pgd's random starts", check=o.at_least(0))
+    seed: int = opt(0, "seed of pgd's random starts", check=o.seed)
     # PGD's random starts: one stream per batch, or one for all ("stream"; config/legacy.py says why)
     seeding: str = opt("batch", "batch | stream", choices=SEEDINGS, kind="seeding", cli=False)
     data_dir: str | None = opt(None, "where datasets live", **_DATA_DIR)

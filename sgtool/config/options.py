@@ -170,6 +170,15 @@ def at_least(n):
     return lambda v: None if v >= n else f"at least {n}"
 
 
+def between(lo, hi):
+    return lambda v: None if lo <= v <= hi else f"between {lo} and {hi}"
+
+
+def seed(v):
+    # every generator sgtool seeds (torch's, numpy's, per epoch and per batch) takes this range
+    return None if 0 <= v < 2**31 else "between 0 and 2**31 - 1"
+
+
 def positive(v):
     return None if math.isfinite(v) and v > 0 else "positive"
 

@@ -61,7 +61,7 @@ class TrainConfig:
     lr: float | None = opt(None, "learning rate", check=o.positive_at_most(100), default_text=PER_DATASET)
     optimizer: str | None = opt(None, "adadelta | sgd | adam", choices=OPTIMIZERS, kind="optimizer",
                                 default_text=PER_DATASET)
-    seed: int = opt(0, "seed of the initialisation, the epochs' order and SGT's fills", check=o.at_least(0))
+    seed: int = opt(0, "seed of the initialisation, the epochs' order and SGT's fills", check=o.seed)
     train_size: int | None = opt(None, "use the first N training samples", check=o.at_least(1), default_text="all")
     test_size: int | None = opt(None, "use the first N test samples", check=o.at_least(1), default_text="all")
     subset: str | None = opt(None, "which samples --train-size and --test-size take: first (the first N) | "
@@ -70,7 +70,8 @@ class TrainConfig:
                              "first")
     data_sha256: str | None = opt(None, "npz:/pt: datasets: the file's sha256, filled in", cli=False, file=False)
     data_version: int | None = opt(None, "synthetic: 2, or 1 (the easier task: the class pattern alone)", default_text="the newest")
-    width: int | None = opt(None, "series and text models: hidden width", check=o.at_least(1), default_text="per model")
+    width: int | None = opt(None, "series and text models: hidden width", check=o.between(1, 4096),
+                            default_text="per model")
     heads: int | None = opt(None, "transformer: attention heads, a divisor of the feature count", check=o.at_least(1),
                             default_text="5")
     # text

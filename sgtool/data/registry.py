@@ -180,7 +180,8 @@ def class_warnings(data: Data, num_classes: int, splits=("train", "test")) -> li
         y = getattr(data, f"y_{split}")
         present = int(torch.unique(y).numel()) if len(y) else 0
         if present < num_classes:
-            out.append(f"the {split} split holds {present} of the dataset's {num_classes} classes; "
+            name = "training" if split == "train" else split
+            out.append(f"the {name} split holds {present} of the dataset's {num_classes} classes; "
                        f"give a larger --{split}-size or --subset stratified")
     return out
 

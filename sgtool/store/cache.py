@@ -84,7 +84,8 @@ def read_evaluation(where: EvalFiles, tables: tuple[str, ...] = (), need: tuple[
     except (KeyError, TypeError):
         return None
     out = {}
-    for suffix in (*tables, *need):
+    listed = tuple(record) if isinstance(record, dict) else ()
+    for suffix in dict.fromkeys((*tables, *need, *listed)):  # every file the entry has must be whole
         path = where.file(suffix)
         try:
             data = path.read_bytes()
