@@ -25,12 +25,19 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads libgomp
 
 import torch  # noqa: E402
+
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "PGD throughput on mnist-cnn: sgtool against torchattacks"
 
 
 def main() -> None:
@@ -44,6 +51,7 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None, help="a stored mnist-cnn run to take the weights from")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu")
+    add_markdown_argument(ap)
     args = ap.parse_args()
 
     import torchattacks
@@ -56,6 +64,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Output()
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = build("mnist-cnn", "mnist")
@@ -94,13 +103,16 @@ def main() -> None:
         for k, fn in runs.items():
             rates[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"PGD-{args.steps} on mnist-cnn, batch {len(x)} ({src}), device {dev}, "
-          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"{args.repeats} alternating repeats (medians)")
+    out.line(f"PGD-{args.steps} on mnist-cnn, batch {len(x)} ({src}), device {dev}, "
+             f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+             f"{args.repeats} alternating repeats (medians)")
+    table = out.table(("attack", "images/s", "every repeat"), fmt="  {:<27} {:>9} images/s   (all: {})",
+                      show_headers=False)
     for k, v in med.items():
-        print(f"  {k:27s} {v:9.1f} images/s   (all: {', '.join(f'{r:.1f}' for r in rates[k])})")
-    print(f"  ratio sgtool/torchattacks: {med['sgtool'] / med['torchattacks']:.3f} (target >= 1.0); "
-          f"on the same frozen model: {med['sgtool'] / med['torchattacks, frozen model']:.3f}")
+        table.row(k, f"{v:.1f}", ", ".join(f"{r:.1f}" for r in rates[k]))
+    out.line(f"  ratio sgtool/torchattacks: {med['sgtool'] / med['torchattacks']:.3f} (target >= 1.0); "
+             f"on the same frozen model: {med['sgtool'] / med['torchattacks, frozen model']:.3f}")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

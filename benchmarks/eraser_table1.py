@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from sgtool.process import tune_process
 
@@ -41,6 +43,12 @@ from sgtool.evaluate import mask_eval  # noqa: E402
 from sgtool.recipe import make_loss, make_optimizer  # noqa: E402
 from sgtool.runs import build_model, load_data, load_model, split_scores, trim  # noqa: E402
 from sgtool.train import bucketed, train_step  # noqa: E402
+
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "Table 1 on ERASER Movie Reviews: comprehensiveness and sufficiency, standard vs SGT"
 
 METHODS = ("grad", "ig", "smoothgrad")
 LABELS = {"grad": "Grad", "ig": "IG", "smoothgrad": "SmoothGrad", "random": "Random"}
@@ -72,23 +80,23 @@ def paired_interval(diff: torch.Tensor, seeds_too: bool = False, draws: int = 10
     return lo, hi
 
 
-def paired_accuracy(correct: dict[int, dict[str, torch.Tensor]]) -> None:
+def paired_accuracy(out, correct: dict[int, dict[str, torch.Tensor]]) -> None:
     """Print SGT's test accuracy minus standard's, seed by seed and over seeds, with intervals."""
     seeds = [s for s in sorted(correct) if len(correct[s]) == 2]
     if not seeds:
         return
     diff = torch.stack([correct[s]["sgt"].float() - correct[s]["standard"].float() for s in seeds])  # (S, N)
-    print(f"\n  test accuracy, SGT minus standard, paired on the {diff.shape[1]} test documents:")
+    out.line(f"\n  test accuracy, SGT minus standard, paired on the {diff.shape[1]} test documents:")
     for s, d in zip(seeds, diff):
-        print(f"    seed {s}: {d.mean():+.3f}  (right only under standard: {int((d < 0).sum())}, "
-              f"only under SGT: {int((d > 0).sum())})")
+        out.line(f"    seed {s}: {d.mean():+.3f}  (right only under standard: {int((d < 0).sum())}, "
+                 f"only under SGT: {int((d > 0).sum())})")
     docs, both = paired_interval(diff), paired_interval(diff, seeds_too=True)
-    print(f"    mean {diff.mean():+.3f}; 95 % bootstrap interval over documents "
-          f"[{docs[0]:+.3f}, {docs[1]:+.3f}],\n    over seeds and documents [{both[0]:+.3f}, {both[1]:+.3f}]"
-          f" (target: >= -0.010)")
+    out.line(f"    mean {diff.mean():+.3f}; 95 % bootstrap interval over documents "
+             f"[{docs[0]:+.3f}, {docs[1]:+.3f}],\n    over seeds and documents "
+             f"[{both[0]:+.3f}, {both[1]:+.3f}] (target: >= -0.010)")
 
 
-def speed(args) -> None:
+def speed(out, args) -> None:
     """Seconds of one epoch of standard and of SGT training, measured side by side."""
     cfgs = {t: make_config(dataset="eraser-movies", trainer=t, embeddings=args.embeddings, data_dir=args.data_dir,
                            epochs=args.epochs, embed_dropout=args.embed_dropout) for t in ("standard", "sgt")}
@@ -105,8 +113,8 @@ def speed(args) -> None:
     perm = bucketed(torch.randperm(len(x)), (x != pad).sum(1), bs)
     seconds = {t: 0.0 for t in state}
     steps = perm.split(bs)
-    print(f"\n3. one epoch of Movies ({len(x)} documents, {len(steps)} batches of {bs}),\n"
-          f"   standard and SGT alternating per batch:")
+    out.line(f"\n3. one epoch of Movies ({len(x)} documents, {len(steps)} batches of {bs}),\n"
+             f"   standard and SGT alternating per batch:")
     t_all = time.perf_counter()
     for i, idx in enumerate(steps):
         xb = trim(x[idx], pad)
@@ -116,9 +124,9 @@ def speed(args) -> None:
             t0 = time.perf_counter()
             train_step(model, opt, loss_fn, xb, y[idx], vb)
             seconds[t] += time.perf_counter() - t0
-    print(f"  standard {seconds['standard']:6.1f} s/epoch   sgt {seconds['sgt']:6.1f} s/epoch   "
-          f"[{time.perf_counter() - t_all:.0f} s wall]\n"
-          f"  ratio {seconds['sgt'] / seconds['standard']:.2f} (target <= 2.7)")
+    out.line(f"  standard {seconds['standard']:6.1f} s/epoch   sgt {seconds['sgt']:6.1f} s/epoch   "
+             f"[{time.perf_counter() - t_all:.0f} s wall]")
+    out.line(f"  ratio {seconds['sgt'] / seconds['standard']:.2f} (target <= 2.7)")
 
 
 def main() -> None:
@@ -138,14 +146,18 @@ def main() -> None:
     ap.add_argument("--accuracy-only", action="store_true", help="no ERASER evaluation: accuracy alone")
     ap.add_argument("--speed", action="store_true", help="also time an epoch of each, side by side")
     ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
+    add_markdown_argument(ap)
     args = ap.parse_args()
+    out = Output()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = runs_root(args.runs_dir)
     ecfg = MaskEvalConfig(methods=(*METHODS, "random"))
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embeddings {args.embeddings}")
+    out.line(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+             f"embeddings {args.embeddings}")
     drop = ERASER_DEFAULTS["embed_dropout"] if args.embed_dropout is None else args.embed_dropout
-    print(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, --select {args.select or ERASER_DEFAULTS['select']},\n"
-          f"   --oov {args.oov or 'random'}, --embed-dropout {drop}):")
+    out.line(f"\n1. runs (eraser-movies, BiLSTM, mask-frac 0.5 for SGT, "
+             f"--select {args.select or ERASER_DEFAULTS['select']},\n"
+             f"   --oov {args.oov or 'random'}, --embed-dropout {drop}):")
     # vals[(metric, method, trainer)] = one value per seed
     vals: dict[tuple, list[float]] = {}
     acc: dict[str, list[float]] = {}
@@ -169,27 +181,31 @@ def main() -> None:
             correct.setdefault(seed, {})[trainer] = split_scores(model, data.x_test, data.y_test)["correct"]
             # metrics.csv keeps 6 decimals: a different model is off by a whole document (1/199)
             if abs(correct[seed][trainer].float().mean().item() - res["test_acc"]) > 0.5 / len(data.y_test):
-                print(f"    warning: the stored model scores {correct[seed][trainer].float().mean():.3f}, "
-                      f"not the {res['test_acc']:.3f} its run recorded")
-            print(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
-                  + ("" if res["already"] else f", trained in {train_s:.0f} s"))
+                out.line(f"    warning: the stored model scores {correct[seed][trainer].float().mean():.3f}, "
+                         f"not the {res['test_acc']:.3f} its run recorded")
+            out.line(f"  {trainer:<8} seed {seed}: run {res['id']}, test accuracy {res['test_acc']:.3f}"
+                     + ("" if res["already"] else f", trained in {train_s:.0f} s"))
             if ev is None:
                 continue
             for r in ev["summary"]:
                 for metric in ("comprehensiveness", "sufficiency"):
                     vals.setdefault((metric, r["method"], trainer), []).append(float(r[metric]))
             secs = " ".join(f"{m} {s:.0f}" for m, s in ev["seconds"].items())
-            print(f"    ERASER seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
-                  f"total {sum(ev['seconds'].values()):.0f}")
+            # A stored evaluation's seconds were timed by an earlier call, maybe on another machine
+            # than the one the page names.
+            stored = f"{trainer} seed {seed}: ERASER evaluation stored, not timed in this call"
+            out.line(f"    ERASER seconds{' (stored)' if ev['cached'] else ''}: {secs}; "
+                     f"total {sum(ev['seconds'].values()):.0f}", page=stored if ev["cached"] else True)
 
     agree, total = 0, 0
     if args.accuracy_only:
-        print(f"\n2. Movies, test accuracy over seeds {','.join(map(str, seeds))}:")
+        out.line(f"\n2. Movies, test accuracy over seeds {','.join(map(str, seeds))}:")
     else:
-        print(f"\n2. Movies, AOPC over 1/5/10/20/50 %, mean ± std over seeds {','.join(map(str, seeds))}:")
-        print("   sgtool's standard / SGT beside the paper's traditional / saliency guided;")
-        print("   better?: does SGT beat standard, in ours / in the paper's")
-        print(f"  {'':<18} {'standard':>12} {'SGT':>12}   {'paper':>11}   better?")
+        out.line(f"\n2. Movies, AOPC over 1/5/10/20/50 %, mean ± std over seeds {','.join(map(str, seeds))}:")
+        out.line("   sgtool's standard / SGT beside the paper's traditional / saliency guided;")
+        out.line("   better?: does SGT beat standard, in ours / in the paper's")
+        table = out.table(("", "standard", "SGT", "paper", "better?"),
+                          fmt="  {:<18} {:>12} {:>12}   {:>11}   {}")
     for metric, better in (() if args.accuracy_only else (("comprehensiveness", 1), ("sufficiency", -1))):
         arrow = "↑" if better > 0 else "↓"
         for m in (*METHODS, "random"):
@@ -197,25 +213,25 @@ def main() -> None:
             paper = PAPER[metric][m]
             label = f"{metric[:4]}{arrow} {LABELS[m]}"
             if m == "random":
-                print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper:>11.3f}")
+                table.row(label, fmt(std), fmt(sgt), f"{paper:.3f}")
                 continue
             ours = bool(std and sgt) and better * (statistics.mean(sgt) - statistics.mean(std)) > 0
             if std and sgt:
                 total += 1
                 agree += ours
             verdict = ("yes" if ours else "no") if std and sgt else "-"  # "-": a trainer has no run yet
-            print(f"  {label:<18} {fmt(std):>12} {fmt(sgt):>12}   {paper[0]:.3f}/{paper[1]:.3f}   "
-                  f"{verdict:>3} / yes")
+            table.row(label, fmt(std), fmt(sgt), f"{paper[0]:.3f}/{paper[1]:.3f}", f"{verdict:>3} / yes")
     targets = {"standard": ">= 0.85", "sgt": "within 0.01 of standard"}
     for t in ("standard", "sgt"):
         if acc.get(t):
-            print(f"  test accuracy {t + ':':<9} {fmt(acc[t])} (target: {targets[t]})")
-    paired_accuracy(correct)
+            out.line(f"  test accuracy {t + ':':<9} {fmt(acc[t])} (target: {targets[t]})")
+    paired_accuracy(out, correct)
     if total:
-        print(f"\nThe paper's claim (under SGT comprehensiveness rises and sufficiency falls, for\n"
-              f"Grad, IG and SmoothGrad) holds for {agree} of {total} cells.")
+        out.line(f"\nThe paper's claim (under SGT comprehensiveness rises and sufficiency falls, for\n"
+                 f"Grad, IG and SmoothGrad) holds for {agree} of {total} cells.")
     if args.speed:
-        speed(args)
+        speed(out, args)
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +43,12 @@ from sgtool.errors import SgtoolError  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
 from sgtool.models import build, freeze  # noqa: E402
 from sgtool.recipe import autocast, make_loss, make_optimizer  # noqa: E402
+
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "GPU checks: step times, the authors' SGT step, mask-eval and PGD throughput"
 
 
 def sync(device):
@@ -169,6 +177,7 @@ def authors_vs_ours(bs, device, repeats, data_dir):
 
 
 def mask_eval_speed(device, n, data_dir, root):
+    """({method: images per second}, the number of fractions each was evaluated at)."""
     cfg = make_config(dataset="mnist" if _has_mnist(data_dir) else "synthetic", model="mnist-cnn",
                       trainer="standard", epochs=1, train_size=256, test_size=n, data_dir=data_dir,
                       device=device.type, runs_dir=root, batch_size=64)
@@ -176,9 +185,10 @@ def mask_eval_speed(device, n, data_dir, root):
     out = {}
     for m in ("grad", "ig", "smoothgrad"):
         t0 = time.perf_counter()
-        mask_eval(run, MaskEvalConfig(methods=(m,), limit=n, device=device.type, data_dir=data_dir), force=True)
+        res = mask_eval(run, MaskEvalConfig(methods=(m,), limit=n, device=device.type, data_dir=data_dir),
+                        force=True)
         out[m] = n / (time.perf_counter() - t0)
-    return out
+    return out, len(res["config"].fractions)
 
 
 def _has_mnist(data_dir):
@@ -230,13 +240,16 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="[cuda when available; --smoke: cpu]")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     ap.add_argument("--repeats", type=int, default=None)
+    add_markdown_argument(ap)
     args = ap.parse_args()
+    out = Output()
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     s = args.smoke
     reps = args.repeats or (1 if s else 10)
     bs_mnist, bs_cifar, n_eval, pgd_steps = (8, 4, 8, 3) if s else (512, 128, 1000, 40)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {name}, torch {torch.__version__}, precision {args.precision}{' (smoke run)' if s else ''}")
+    out.line(f"device {name}, torch {torch.__version__}, precision {args.precision}"
+             f"{' (smoke run)' if s else ''}")
     rows = []
     for model_name, dataset, bs in (("mnist-cnn", "mnist", bs_mnist), ("resnet20", "cifar10", bs_cifar)):
         t, source = sgtool_steps(model_name, dataset, bs, device, args.precision, reps, args.data_dir)
@@ -247,17 +260,17 @@ def main() -> None:
     theirs, ours = authors_vs_ours(bs_mnist, device, reps, args.data_dir)
     rows.append((f"authors' SGT step b{bs_mnist}", f"{1e3 * theirs:.1f} ms", f"{theirs / ours:.1f}x sgtool's (target >= 5)"))
     with tempfile.TemporaryDirectory() as tmp:
-        for m, ips in mask_eval_speed(device, n_eval, args.data_dir, tmp).items():
-            rows.append((f"mask-eval {m}", f"{ips:.0f} img/s", f"{n_eval} images x 10 fractions"))
+        speeds, n_fractions = mask_eval_speed(device, n_eval, args.data_dir, tmp)
+        for m, ips in speeds.items():
+            rows.append((f"mask-eval {m}", f"{ips:.0f} img/s", f"{n_eval} images x {n_fractions} fractions"))
     changed = bf16_mask_change(bs_mnist, device, args.data_dir)
     rows.append((f"bf16 SGT masks b{bs_mnist}", f"{100 * changed:.1f} %", "of the masked positions differ from fp32's"))
     ours_pgd, theirs_pgd = pgd_speed(bs_mnist, pgd_steps, device, reps, args.data_dir)
     rows.append((f"PGD-{pgd_steps} b{bs_mnist}", f"{ours_pgd:.0f} img/s",
                  f"torchattacks {theirs_pgd:.0f} img/s" if theirs_pgd else "torchattacks not installed"))
     w = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{w}}  {'value':>12}  note")
-    for r in rows:
-        print(f"{r[0]:<{w}}  {r[1]:>12}  {r[2]}")
+    out.table(("measure", "value", "note"), rows, fmt=f"{{:<{w}}}  {{:>12}}  {{}}")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

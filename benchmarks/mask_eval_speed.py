@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "mask-eval speed on MNIST, and an estimate of the authors' procedure"
 N_FULL = 10_000
 
 
@@ -72,6 +78,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--sample", type=int, default=100, help="images timed for the authors' estimate")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    add_markdown_argument(ap)
     args = ap.parse_args()
 
     from sgtool.config import MaskEvalConfig, resolve_mask_eval
@@ -81,14 +88,16 @@ def main() -> None:
     from sgtool.store import find_run, runs_root
 
     torch.set_num_threads(args.threads)
+    out = Output()
     root = runs_root(args.runs_dir)
     flags = {"dataset": "mnist", "trainer": "standard"}
     (run,) = select_runs(root, [args.run] if args.run else None, flags)
     cfg = resolve_mask_eval(MaskEvalConfig(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir,
                                            device="cpu"), "mnist")
-    print(f"run {run['id']} ({run['config']['dataset']} / {run['config']['model']} / {run['config']['trainer']}), "
-          f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions, batch {cfg.batch_size}, "
-          f"cpu, {torch.get_num_threads()} threads")
+    trained = run["config"]
+    out.line(f"run {run['id']} ({trained['dataset']} / {trained['model']} / {trained['trainer']}), "
+             f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions, batch {cfg.batch_size}, "
+             f"cpu, {torch.get_num_threads()} threads")
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / run["id"]
@@ -97,26 +106,33 @@ def main() -> None:
         res = mask_eval(find_run(Path(tmp), run["id"]), cfg, force=True)
         total = time.perf_counter() - t0
     n = res["rows"][0]["n"]
-    print(f"\nsgtool mask-eval, measured on {n} images:")
+    out.line(f"\nsgtool mask-eval, measured on {n} images:")
+    measured = out.table(("method", "seconds", "note"), fmt="  {:<14} {:>8} s  {}", show_headers=False)
     for m, s in res["seconds"].items():
-        print(f"  {m:<14} {s:8.1f} s")
-    print(f"  {'total':<14} {total:8.1f} s  ({n / total:.1f} images/s; includes data loading and the shared passes)")
+        measured.row(m, f"{s:.1f}")
+    measured.row("total", f"{total:.1f}",
+                 f"({n / total:.1f} images/s; includes data loading and the shared passes)")
     if n < N_FULL:
-        print(f"  projected to {N_FULL:,} images (x {N_FULL / n:g}, linear): {total * N_FULL / n / 60:.1f} min")
+        out.line(f"  projected to {N_FULL:,} images (x {N_FULL / n:g}, linear): "
+                 f"{total * N_FULL / n / 60:.1f} min")
 
     model, tcfg = load_model(run, "cpu")
     model.requires_grad_(False)
     data = load("mnist", args.data_dir or tcfg.data_dir, train_size=1, test_size=args.sample)
     per = authors_estimate(model, data.x_test, data.y_test, cfg.methods, cfg.fractions, cfg.fill)
     scale = N_FULL / len(data.x_test)
-    print(f"\nauthors' procedure (batch 20, maps recomputed for each fraction), ESTIMATED for {N_FULL:,} images "
-          f"from a measurement on {len(data.x_test)} images (x {scale:g}):")
+    out.line(f"\nauthors' procedure (batch 20, maps recomputed for each fraction), ESTIMATED for "
+             f"{N_FULL:,} images from a measurement on {len(data.x_test)} images (x {scale:g}):")
+    estimated = out.table(("method", "minutes (estimated)", "note"), fmt="  {:<14} {:>8} min  {}",
+                          show_headers=False)
     for m, s in per.items():
-        print(f"  {m:<14} {s * scale / 60:8.1f} min")
+        estimated.row(m, f"{s * scale / 60:.1f}")
     est = sum(per.values()) * scale
-    print(f"  {'total':<14} {est / 60:8.1f} min  (= {est / 3600:.2f} h)")
+    estimated.row("total", f"{est / 60:.1f}", f"(= {est / 3600:.2f} h)")
     ours = total * N_FULL / n
-    print(f"\nspeed-up, estimate / {'measured' if n >= N_FULL else 'projected'} sgtool time: {est / ours:.1f}x")
+    out.line(f"\nspeed-up, estimate / {'measured' if n >= N_FULL else 'projected'} sgtool time: "
+             f"{est / ours:.1f}x")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,15 @@ step, hours per epoch on a CPU, so the training attack is set here: by default P
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "Robust accuracy on MNIST of standard, SGT and ASGT training"
 EPS = (0.1, 0.2, 0.3)
 METHODS = ("fgsm", "pgd", "mifgsm")
 
@@ -37,6 +43,7 @@ def main() -> None:
     ap.add_argument("--adv-step-size", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="auto")
+    add_markdown_argument(ap)
     args = ap.parse_args()
 
     import torch
@@ -47,6 +54,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Output()
     common = dict(dataset="mnist", epochs=args.epochs, train_size=args.train_size, data_dir=args.data_dir,
                   runs_dir=args.runs_dir, device=args.device)
     configs = {
@@ -61,28 +69,34 @@ def main() -> None:
         t0 = time.time()
         res = train_run(cfg)
         how = "found" if res["already"] else f"trained in {time.time() - t0:.0f} s"
-        print(f"{name:8s} run {res['id']} {how}: test accuracy {res['test_acc']:.4f}", flush=True)
+        out.line(f"{name:8s} run {res['id']} {how}: test accuracy {res['test_acc']:.4f}")
         t0 = time.time()
         ev = attack_eval(find_run(runs_root(args.runs_dir), res["id"]), attack)
         how = "cached" if ev["cached"] else f"{time.time() - t0:.0f} s"
-        print(f"{'':8s} attacked ({how}){''.join(f'; warning: {w}' for w in ev['warnings'])}", flush=True)
+        warnings = "".join(f"; warning: {w}" for w in ev["warnings"])
+        out.line(f"{'':8s} attacked ({how}){warnings}", page=f"{name} attacked ({how}){warnings}")
         results[name] = ev
 
     n = results["standard"]["rows"][0]["n"]
-    print(f"\nMNIST, mnist-cnn, {args.epochs} epochs, train size {args.train_size or 60000}; "
-          f"ASGT training attack: PGD eps {args.adv_eps:g}, {args.adv_steps} steps of {args.adv_step_size:g}")
-    print(f"robust accuracy on the first {n} test images (PGD and MI-FGSM: 40 steps of 0.01; PGD random start)")
+    ran = results["standard"]["config"]  # resolved: the steps the attacks took
+    out.line(f"\nMNIST, mnist-cnn, {args.epochs} epochs, train size {args.train_size or 60000}; "
+             f"ASGT training attack: PGD eps {args.adv_eps:g}, {args.adv_steps} steps of "
+             f"{args.adv_step_size:g}")
+    out.line(f"robust accuracy on the first {n} test images (PGD and MI-FGSM: {ran.steps} steps of "
+             f"{ran.step_size:g}; PGD {'random start' if ran.random_start else 'from the clean image'})")
     cols = [f"{m}@{e:g}" for m in METHODS for e in EPS]
-    print(f"{'trainer':9s} {'run':12s} {'clean':>7s} " + " ".join(f"{c:>10s}" for c in cols))
+    table = out.table(("trainer", "run", "clean", *cols),
+                      fmt="{:<9} {:<12} {:>7} " + " ".join(["{:>10}"] * len(cols)))
     for name, ev in results.items():
         acc = {(r["method"], r["eps"]): r["accuracy"] for r in ev["rows"]}
-        print(f"{name:9s} {ev['rows'][0]['run']:12s} {ev['clean_accuracy']:7.4f} "
-              + " ".join(f"{acc[m, e]:10.4f}" for m in METHODS for e in EPS))
+        table.row(name, ev["rows"][0]["run"], f"{ev['clean_accuracy']:.4f}",
+                  *(f"{acc[m, e]:.4f}" for m in METHODS for e in EPS))
     pgd = {k: next(r["accuracy"] for r in ev["rows"] if r["method"] == "pgd" and r["eps"] == 0.2)
            for k, ev in results.items()}
     best_other = max(pgd["standard"], pgd["sgt"])
-    print(f"\nPGD eps 0.2: asgt {pgd['asgt']:.4f}, standard {pgd['standard']:.4f}, sgt {pgd['sgt']:.4f}; "
-          f"asgt - best other = {100 * (pgd['asgt'] - best_other):+.1f} points (paper: about +35)")
+    out.line(f"\nPGD eps 0.2: asgt {pgd['asgt']:.4f}, standard {pgd['standard']:.4f}, sgt {pgd['sgt']:.4f}; "
+             f"asgt - best other = {100 * (pgd['asgt'] - best_other):+.1f} points (paper: about +35)")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,18 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "A 2-cell sweep inline and through submitit's local executor: wall time, identical results"
 EXPERIMENT = """two-cells:
   train:
     dataset: synthetic
@@ -55,7 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-size", type=int, default=800)
+    add_markdown_argument(ap)
     args = ap.parse_args()
+    out = Output()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         yaml = tmp / "experiments.yaml"
@@ -69,17 +77,21 @@ def main() -> None:
             wall[name] = time.perf_counter() - t0
             if res.returncode != 0:
                 sys.exit(f"{name} sweep failed:\n{res.stdout}\n{res.stderr}")
-        print(f"2-cell sweep (synthetic, standard + SGT, {args.epochs} epochs of {args.train_size}; mask-eval "
-              f"and FGSM), 2 CPU cores:")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        out.line(f"2-cell sweep (synthetic, standard + SGT, {args.epochs} epochs of {args.train_size}; "
+                 f"mask-eval and FGSM), {cores} CPU cores:")
+        table = out.table(("executor", "seconds (wall)"), fmt="  {:<7} {:>6} s wall", show_headers=False)
         for name in wall:
-            print(f"  {name:<7} {wall[name]:6.1f} s wall")
+            table.row(name, f"{wall[name]:.1f}")
         a, b = digest(stores["inline"]), digest(stores["local"])
         same = a == b and len(a) == 2
-        print(f"  results identical (run ids, metrics, weights, evaluation CSVs): {'yes' if same else 'NO'}")
+        out.line("  results identical (run ids, metrics, weights, evaluation CSVs): "
+                 + ("yes" if same else "NO"))
         if not same:
             for rid in sorted(set(a) | set(b)):
                 if a.get(rid) != b.get(rid):
-                    print(f"    differs: {rid}")
+                    out.line(f"    differs: {rid}")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,12 @@ from sgtool.models import build  # noqa: E402
 from sgtool.recipe import make_loss, make_optimizer  # noqa: E402
 from sgtool.train import train_step  # noqa: E402
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+TITLE = "Seconds per training step on MNIST: standard vs SGT"
 
 
 def extra_parts(model, opt, x, y, cfg) -> tuple[float, float, float]:
@@ -66,9 +72,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per mode per repeat")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_markdown_argument(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Output()
 
     data = load("mnist", args.data_dir, train_size=args.batch_size * 8)
     modes = {
@@ -103,19 +111,22 @@ def main():
         parts.append(extra_parts(floor_model, floor_opt, batches[0][i], batches[1][i], modes["sgt (shared)"]))
     flat = {name: [t for rep in reps for t in rep] for name, reps in times.items()}
     base, best = statistics.median(flat["standard"]), min(flat["standard"])
-    print(f"MNIST mnist-cnn, batch {args.batch_size}, CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; {args.repeats}x{args.steps} alternating steps")
-    print(f"{'mode':<14} {'s/step':>8} {'min':>8} {'max':>8} {'ratio':>7} {'paired':>7} {'best':>7}")
+    out.line(f"MNIST mnist-cnn, batch {args.batch_size}, CPU, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}; {args.repeats}x{args.steps} alternating steps")
+    table = out.table(("mode", "s/step", "min", "max", "ratio", "paired", "best"),
+                      fmt="{:<14} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}")
     for name, ts in flat.items():
         med = statistics.median(ts)
         paired = statistics.median(statistics.median(r) / statistics.median(s)
                                    for r, s in zip(times[name], times["standard"]))
-        print(f"{name:<14} {med:8.3f} {min(ts):8.3f} {max(ts):8.3f} {med / base:7.2f} {paired:7.2f} "
-              f"{min(ts) / best:7.2f}")
+        table.row(name, f"{med:.3f}", f"{min(ts):.3f}", f"{max(ts):.3f}", f"{med / base:.2f}",
+                  f"{paired:.2f}", f"{min(ts) / best:.2f}")
     sal, msk, opt_s = (statistics.median(p[j] for p in parts) for j in range(3))
-    print(f"floor of sgt (shared): {2 + (sal + msk - opt_s) / base:.2f} = 2 + (saliency backward {1e3 * sal:.1f} ms + "
-          f"masking {1e3 * msk:.1f} ms - optimiser step {1e3 * opt_s:.1f} ms) / standard {1e3 * base:.1f} ms")
-    print("targets: sgt (eval) ratio <= 2.6, sgt (shared) ratio <= 2.3")
+    out.line(f"floor of sgt (shared): {2 + (sal + msk - opt_s) / base:.2f} = 2 + (saliency backward "
+             f"{1e3 * sal:.1f} ms + masking {1e3 * msk:.1f} ms - optimiser step {1e3 * opt_s:.1f} ms) / "
+             f"standard {1e3 * base:.1f} ms")
+    out.line("targets: sgt (eval) ratio <= 2.6, sgt (shared) ratio <= 2.3")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from sgtool.process import tune_process
 
@@ -36,11 +38,16 @@ from sgtool.runs import build_model  # noqa: E402
 from sgtool.store import read_metrics  # noqa: E402
 from sgtool.train import train_step  # noqa: E402
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "Time-series speed: time to accuracy, SGT / standard step time, mask-eval time"
 METHODS = ("grad", "ig", "deeplift", "gradshap", "deepliftshap", "smoothgrad", "random")
 ESTIMATE: dict[str, float] = {}
 
 
-def step_ratio(model_name: str, repeats: int, steps: int, batch: int = 50) -> None:
+def step_ratio(table, model_name: str, repeats: int, steps: int, batch: int = 50) -> None:
     data = load("tsb-middle-box", train_size=batch * 8)
     state = {}
     for trainer in ("standard", "sgt"):
@@ -65,8 +72,7 @@ def step_ratio(model_name: str, repeats: int, steps: int, batch: int = 50) -> No
     std, sgt = statistics.median(flat["standard"]), statistics.median(flat["sgt"])
     paired = statistics.median(statistics.median(a) / statistics.median(b)
                                for a, b in zip(times["sgt"], times["standard"]))
-    print(f"  {model_name:<11} standard {1e3 * std:7.1f} ms/step   sgt {1e3 * sgt:7.1f} ms/step   "
-          f"ratio {sgt / std:.2f}   paired {paired:.2f}")
+    table.row(model_name, f"{1e3 * std:.1f}", f"{1e3 * sgt:.1f}", f"{sgt / std:.2f}", f"{paired:.2f}")
     ESTIMATE[model_name] = std + sgt  # seconds of one standard and one SGT step
 
 
@@ -75,12 +81,16 @@ def main() -> None:
     ap.add_argument("--runs-dir", default=None, help="where the TCN run goes [a temporary dir]")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3)
+    add_markdown_argument(ap)
     args = ap.parse_args()
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    out = Output()
+    out.line(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.runs_dir or tmp
-        print("\n1. TCN on tsb-middle-box, sgtool's defaults (standard training):")
+        out.line("\n1. TCN on tsb-middle-box, sgtool's defaults (standard training):")
+        epochs = out.table(("epoch", "seconds (cumulative)", "test accuracy"),
+                           fmt="  epoch {:>2}: {:>6} s, test accuracy {}", align="rrr", show_headers=False)
         cfg = make_config(dataset="tsb-middle-box", model="tcn", trainer="standard", runs_dir=root)
         t0 = time.perf_counter()
         res = train_run(cfg, force=True)
@@ -92,26 +102,33 @@ def main() -> None:
             acc = float(row["test_acc"])
             if first is None and acc >= 0.95:
                 first = (int(row["epoch"]), elapsed)
-            print(f"  epoch {row['epoch']:>2}: {elapsed:6.1f} s, test accuracy {acc:.3f}")
-        print(f"  total {wall:.1f} s (with data generation and checkpoints); "
-              + (f">= 95 % first after epoch {first[0]}, {first[1]:.1f} s" if first else "never reached 95 %"))
+            epochs.row(row["epoch"], f"{elapsed:.1f}", f"{acc:.3f}")
+        reached = f">= 95 % first after epoch {first[0]}, {first[1]:.1f} s" if first else "never reached 95 %"
+        out.line(f"  total {wall:.1f} s (with data generation and checkpoints); " + reached)
 
-        print(f"\n2. seconds per step at batch 50, {args.repeats} x {args.steps} alternating steps:")
+        out.line(f"\n2. seconds per step at batch 50, {args.repeats} x {args.steps} alternating steps:")
+        steps = out.table(("model", "standard ms/step", "sgt ms/step", "ratio", "paired"),
+                          fmt="  {:<11} standard {:>7} ms/step   sgt {:>7} ms/step   ratio {}   paired {}",
+                          align="lrrrr", show_headers=False)
         for name in ("tcn", "lstm", "lstm-ica", "transformer"):
-            step_ratio(name, args.repeats, args.steps)
+            step_ratio(steps, name, args.repeats, args.steps)
 
-        print("  tsb-sgt (11 datasets x 3 seeds x the four models x standard and SGT), training alone, "
-              f"estimated from these steps: {sum(ESTIMATE.values()) * 20 * 20 * 33 / 3600:.1f} h ("
-              + ", ".join(f"{k} {v * 400 * 33 / 3600:.1f} h" for k, v in ESTIMATE.items()) + ")")
+        out.line("  tsb-sgt (11 datasets x 3 seeds x the four models x standard and SGT), training alone, "
+                 f"estimated from these steps: {sum(ESTIMATE.values()) * 20 * 20 * 33 / 3600:.1f} h ("
+                 + ", ".join(f"{k} {v * 400 * 33 / 3600:.1f} h" for k, v in ESTIMATE.items()) + ")")
 
-        print("\n3. mask-eval of the TCN run on the 100 test series (7 methods x 10 fractions, fill background):")
         run = find_run(runs_root(root), res["id"])
         t0 = time.perf_counter()
         ev = mask_eval(run, MaskEvalConfig(methods=METHODS), force=True)
         total = time.perf_counter() - t0
+        ran = ev["config"]  # resolved: what the evaluation did
+        out.line(f"\n3. mask-eval of the TCN run on the {ev['rows'][0]['n']} test series "
+                 f"({len(ran.methods)} methods x {len(ran.fractions)} fractions, fill {ran.fill}):")
+        methods = out.table(("method", "seconds"), fmt="  {:<13} {:>6} s", show_headers=False)
         for m, s in ev["seconds"].items():
-            print(f"  {m:<13} {s:6.1f} s")
-        print(f"  total {total:.1f} s (target: under 60 s)")
+            methods.row(m, f"{s:.1f}")
+        out.line(f"  total {total:.1f} s (target: under 60 s)")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from sgtool.process import tune_process
 
@@ -34,6 +36,11 @@ from sgtool.config import MaskEvalConfig  # noqa: E402
 from sgtool.data.series import TSB_TYPES  # noqa: E402
 from sgtool.evaluate import mask_eval  # noqa: E402
 
+# common.py is beside this file: importable also when the file is loaded by its path (the tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, add_markdown_argument  # noqa: E402
+
+TITLE = "Table 2 on the time-series benchmark: Diff(AUP) of standard and SGT training"
 METHODS = ("grad", "ig", "deeplift", "gradshap", "deepliftshap", "smoothgrad")
 LABELS = {"grad": "Grad", "ig": "IG", "deeplift": "DeepLIFT", "gradshap": "GradSHAP", "deepliftshap": "DeepSHAP",
           "smoothgrad": "SmoothGrad"}
@@ -63,7 +70,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="[the datasets' default, 20]")
     ap.add_argument("--random", choices=("permuted", "uniform"), default="permuted")
     ap.add_argument("--report-only", action="store_true", help="train nothing; print what RUNS holds")
+    add_markdown_argument(ap)
     args = ap.parse_args()
+    out = Output()
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     datasets = [f"tsb-{k}-box" for k in TSB_TYPES] if args.datasets == "box" else args.datasets.split(",")
@@ -89,18 +98,19 @@ def main() -> None:
                         ref = s[m]["perm_aup"] if args.random == "permuted" else s["random"]["aup"]
                         diff.setdefault((model, trainer, m, seed), []).append(s[m]["aup"] - ref)
                     acc.setdefault((model, trainer), []).append(res["test_acc"])
-                    if not (res["already"] and ev["cached"]):
+                    if not (res["already"] and ev["cached"]):  # progress, not on the page: the table has it
                         print(f"  {model} {trainer} seed {seed} {ds}: test acc {res['test_acc']:.3f}, "
                               f"{time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n{len(datasets)} datasets x seeds {seeds}; random reference: {args.random}; "
-          f"{time.perf_counter() - t_start:.0f} s in this call\n")
-    print("Diff(AUP): sgtool standard / SGT (mean over datasets, then mean ± std over seeds) vs the paper")
+    out.line(f"\n{len(datasets)} datasets x seeds {seeds}; random reference: {args.random}; "
+             f"{time.perf_counter() - t_start:.0f} s in this call\n")
+    out.line("Diff(AUP): sgtool standard / SGT (mean over datasets, then mean ± std over seeds) vs the paper")
     agree, total = 0, 0
     for model in models:
-        print(f"\n{ARCHS.get(model, model)}  (test accuracy, mean over runs: standard "
-              f"{statistics.mean(acc.get((model, 'standard'), [float('nan')])):.3f}, "
-              f"SGT {statistics.mean(acc.get((model, 'sgt'), [float('nan')])):.3f})")
-        print(f"  {'method':<11} {'standard':>13} {'SGT':>13}   {'paper':>13}   SGT > standard: ours / paper")
+        out.line(f"\n{ARCHS.get(model, model)}  (test accuracy, mean over runs: standard "
+                 f"{statistics.mean(acc.get((model, 'standard'), [float('nan')])):.3f}, "
+                 f"SGT {statistics.mean(acc.get((model, 'sgt'), [float('nan')])):.3f})")
+        table = out.table(("method", "standard", "SGT", "paper", "SGT > standard: ours / paper"),
+                          fmt="  {:<11} {:>13} {:>13}   {:>13}   {}")
         for i, m in enumerate(METHODS):
             vals = {t: [statistics.mean(diff[(model, t, m, s)]) for s in seeds if (model, t, m, s) in diff]
                     for t in ("standard", "sgt")}
@@ -111,11 +121,12 @@ def main() -> None:
                 total += 1
                 agree += ours_up
             pp = f"{paper[0]:+.3f}/{paper[1]:+.3f}" if paper[0] is not None else "-"
-            print(f"  {LABELS[m]:<11} {fmt(vals['standard']):>13} {fmt(vals['sgt']):>13}   {pp:>13}   "
-                  f"{'yes' if ours_up else 'no':>3} / {'yes' if paper_up else 'no'}")
+            table.row(LABELS[m], fmt(vals["standard"]), fmt(vals["sgt"]), pp,
+                      f"{'yes' if ours_up else 'no':>3} / {'yes' if paper_up else 'no'}")
     if total:
-        print(f"\nThe paper's claim (SGT raises Diff(AUP) for TCN and LSTM+ICA on every method) holds for "
-              f"{agree} of {total} of sgtool's cells.")
+        out.line(f"\nThe paper's claim (SGT raises Diff(AUP) for TCN and LSTM+ICA on every method) holds for "
+                 f"{agree} of {total} of sgtool's cells.")
+    out.write(args.markdown, TITLE)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_benchmark_pages import page_matches
+
 pytestmark = pytest.mark.processes
 
 
-def test_train_speed_benchmark_prints_ratios_and_floor(shared_data):
+def test_train_speed_benchmark_prints_ratios_and_floor(shared_data, tmp_path):
     """benchmarks/train_speed.py runs end to end on real MNIST (tiny: batch 32, one step per mode)
-    and its floor line is the formula it states, from the parts it prints."""
+    and its floor line is the formula it states, from the parts it prints; its --markdown page
+    has the printed table's cells."""
     root = Path(__file__).resolve().parents[1]
+    page = tmp_path / "results" / "train_speed.md"
     out = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "train_speed.py"), "--data-dir", str(shared_data),
-         "--batch-size", "32", "--repeats", "2", "--steps", "1"],
+         "--batch-size", "32", "--repeats", "2", "--steps", "1", "--markdown", str(page)],
         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.startswith("machine: ")
+    table = [line for line in out.splitlines() if line.startswith(("mode", "standard", "sgt"))]
+    assert page_matches(page.read_text(), [[line[:14].strip(), *line[15:].split()] for line in table])
     rows = {line.split()[0] + (" " + line.split()[1] if line.startswith("sgt") else ""): line.split()
             for line in out.splitlines() if line.startswith(("standard", "sgt"))}
     assert set(rows) == {"standard", "sgt (eval)", "sgt (shared)"}
