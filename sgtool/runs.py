@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .config import TrainConfig, config_hash, from_dict, make_config
 from .config.legacy import STORED_DEFAULTS
 from .data import get_dataset, load
-from .errors import SgtoolError
+from .errors import SgtoolError, UsageError
 from .models import build
 from .store import MODEL, find_run, load_tensors
 
@@ -145,10 +145,15 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, de
 def select_runs(root: Path, ids: list[str] | None, train_flags: dict | None = None,
                 config_yaml: str | None = None) -> list[dict]:
     """Runs named by id prefixes, or, when none are given, the run of the training config
-    that the training flags describe (as the authors' scripts did)."""
-    if ids:
-        return [find_run(root, i) for i in ids]
+    that the training flags describe (as the authors' scripts did); not both, since the flags
+    would then be ignored."""
     flags = {k: v for k, v in (train_flags or {}).items() if v is not None}
+    if ids:
+        if flags or config_yaml:
+            given = ", ".join(f"--{k.replace('_', '-')}" for k in flags) or "--config"
+            raise UsageError(f"name the runs by id or by their training flags, not both ({given} given with "
+                             f"{' '.join(ids)})")
+        return [find_run(root, i) for i in ids]
     if not flags and not config_yaml:
         raise SgtoolError("name a run id, or give the training flags (e.g. --dataset mnist --mask-frac 0.5)")
     cfg = make_config(config_yaml, **flags)

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import SgtoolError
-from .render import err_console
+from .render import err_console, one_line
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException
@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 
 
 def error(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
 def _version(value: bool):

@@ -31,9 +31,15 @@ console = _live_width(Console())
 err_console = _live_width(Console(stderr=True))
 
 
+def one_line(text: str) -> str:
+    """A message kept on one line: control characters and line separators (a file name or a flag
+    value can hold them) are shown as escapes, as Python writes them."""
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(text))
+
+
 def warn(lines) -> None:
     for w in lines:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(str(w))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(one_line(w))}", highlight=False, soft_wrap=True)
 
 
 def say(text: str) -> None:
